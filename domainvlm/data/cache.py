@@ -1,0 +1,83 @@
+"""Processed tensors computed once and kept on disk, keyed by data + processor fingerprint.
+
+Peers re-run the processor on every epoch and every run; a key that covers the records, the
+image bytes, the processor files and the prompt layout means a hit is always safe to reuse.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from domainvlm.data.encode import Sample, encode_records
+from domainvlm.data.images import image_digest
+from domainvlm.data.prompting import PromptFormat
+from domainvlm.data.records import Record
+
+CACHE_FORMAT = 1
+
+
+def default_cache_dir() -> Path:
+    root = os.environ.get("DOMAINVLM_CACHE") or Path.home() / ".cache" / "domainvlm"
+    return Path(root) / "processed"
+
+
+def processor_fingerprint(processor: Any) -> str:
+    """Hash of every file `save_pretrained` writes for the processor (tokenizer included)."""
+    digest = hashlib.sha256()
+    with tempfile.TemporaryDirectory() as tmp:
+        processor.save_pretrained(tmp)
+        for path in sorted(Path(tmp).rglob("*")):
+            if path.is_file():
+                digest.update(path.name.encode())
+                digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def data_fingerprint(records: list[Record], fmt: PromptFormat, max_length: int) -> str:
+    digest = hashlib.sha256()
+    header = [CACHE_FORMAT, processor_fingerprint(fmt.processor), fmt.family.name,
+              fmt.answer_prefix, fmt.end_of_turn_id, max_length]
+    digest.update(json.dumps(header).encode())
+    for record in records:
+        row = [record.question, record.answer, [image_digest(ref) for ref in record.images]]
+        digest.update(json.dumps(row).encode())
+    return digest.hexdigest()
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    """Write to a temp file in the same folder, then rename: never a half-written file."""
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_or_encode(records: list[Record], fmt: PromptFormat, max_length: int,
+                   cache_dir: Path | None = None,
+                   progress: Callable[[], None] | None = None) -> tuple[list[Sample], bool]:
+    """Samples for `records`, from the cache when their fingerprint is there (then True)."""
+    import torch
+
+    key = data_fingerprint(records, fmt, max_length)
+    path = (cache_dir or default_cache_dir()) / f"{key}.pt"
+    if path.is_file():
+        try:
+            return torch.load(path, weights_only=True), True
+        except (RuntimeError, EOFError, OSError):
+            path.unlink(missing_ok=True)  # unreadable entry: rebuild it below
+    samples = encode_records(records, fmt, max_length, progress)
+    atomic_torch_save(samples, path)
+    return samples, False

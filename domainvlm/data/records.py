@@ -1,0 +1,129 @@
+"""Read VQA / caption records from JSONL, LLaVA-style JSON or a `datasets.Dataset`.
+
+Every record keeps `source` ("train.jsonl:12") so that any later error can name it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from domainvlm.errors import DataError
+
+ImageRef = Any  # a file path (str / Path) or a PIL.Image.Image
+
+
+@dataclass
+class Record:
+    """One question about one or more images, with its reference answer."""
+
+    images: list[ImageRef]
+    question: str
+    answer: str
+    source: str
+    question_type: str | None = None  # "closed" / "open" when the data says so
+    answerable: bool | None = None  # False for false-premise questions
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def load_records(data: str | Path | Any) -> list[Record]:
+    """Records from a .jsonl file, a LLaVA-style .json file, a dataset folder or a Dataset."""
+    if not isinstance(data, str | Path):
+        return records_from_dataset(data, name="dataset")
+    path = Path(data)
+    if not path.exists():
+        raise DataError(f"data {path} does not exist; pass a .jsonl, a LLaVA-style .json file "
+                        "or a folder saved with datasets' save_to_disk")
+    if path.is_dir():
+        from datasets import load_from_disk
+
+        return records_from_dataset(load_from_disk(str(path)), name=str(path))
+    if path.suffix == ".jsonl":
+        return list(_records_from_jsonl(path))
+    if path.suffix == ".json":
+        return list(_records_from_llava_json(path))
+    raise DataError(f"data {path}: unknown format {path.suffix!r}; use .jsonl or .json")
+
+
+def _image_list(value: Any, base: Path, source: str) -> list[ImageRef]:
+    if value is None:
+        raise DataError(f"{source}: no image; every record needs `image` (a path or a list)")
+    items = value if isinstance(value, list) else [value]
+    if not items:
+        raise DataError(f"{source}: `image` is an empty list")
+    return [base / item if isinstance(item, str) else item for item in items]
+
+
+def _text(value: Any, key: str, source: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise DataError(f"{source}: `{key}` is empty or missing; every record needs a non-empty "
+                        f"{key}")
+    return value.strip()
+
+
+def _make_record(row: dict[str, Any], base: Path, source: str) -> Record:
+    return Record(
+        images=_image_list(row.get("image", row.get("images")), base, source),
+        question=_text(row.get("question"), "question", source),
+        answer=_text(row.get("answer"), "answer", source),
+        source=source,
+        question_type=row.get("question_type") or row.get("answer_type"),
+        answerable=row.get("answerable"),
+        extra={k: v for k, v in row.items() if k not in _KNOWN_KEYS},
+    )
+
+
+_KNOWN_KEYS = {"image", "images", "question", "answer", "question_type", "answer_type",
+               "answerable"}
+
+
+def _records_from_jsonl(path: Path) -> Iterable[Record]:
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            source = f"{path.name}:{number}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{source}: not valid JSON ({exc.msg})") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{source}: each line must be a JSON object")
+            yield _make_record(row, path.parent, source)
+
+
+def _records_from_llava_json(path: Path) -> Iterable[Record]:
+    """LLaVA's format: `conversations` alternate human/gpt turns; each pair becomes a record."""
+    try:
+        rows = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path.name}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    if not isinstance(rows, list):
+        raise DataError(f"{path.name}: a LLaVA-style file is a JSON list of objects")
+    for index, row in enumerate(rows):
+        source = f"{path.name}[{index}]"
+        turns = row.get("conversations") if isinstance(row, dict) else None
+        if not turns or len(turns) % 2:
+            raise DataError(f"{source}: `conversations` must hold human/gpt turn pairs")
+        for pair in range(0, len(turns), 2):
+            human, gpt = turns[pair], turns[pair + 1]
+            question = str(human.get("value", "")).replace("<image>", "").strip()
+            yield _make_record(
+                {"image": row.get("image"), "question": question, "answer": gpt.get("value")},
+                path.parent,
+                f"{source}.conversations[{pair}]",
+            )
+
+
+def records_from_dataset(dataset: Any, *, name: str) -> list[Record]:
+    """Records from a `datasets.Dataset` with image(s)/question/answer columns."""
+    missing = {"question", "answer"} - set(dataset.column_names)
+    if missing or not {"image", "images"} & set(dataset.column_names):
+        raise DataError(
+            f"{name}: a dataset needs `image` (or `images`), `question` and `answer` columns; it "
+            f"has {dataset.column_names}"
+        )
+    return [_make_record(dict(row), Path("."), f"{name}[{i}]") for i, row in enumerate(dataset)]

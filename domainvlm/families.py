@@ -1,0 +1,65 @@
+"""What the engine must know about each VLM family, in one table.
+
+Everything else (prompt layout, end-of-turn token, module names for LoRA) is read from the
+model and its processor at run time, so a model whose family is not listed here still works
+through the generic path when it ships a chat template; see `family_for`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Family:
+    """Family knowledge that cannot be read off a model or processor."""
+
+    name: str
+    model_types: tuple[str, ...]
+    # "chat": the prompt comes from the processor's chat template.
+    # "plain": the processor builds the prompt itself from the question (PaliGemma).
+    prompt_style: str = "chat"
+    # Idefics3 / SmolVLM processors want one list of images per sample.
+    nest_images: bool = False
+    # Per-token keys whose value for answer tokens differs from 0 (PaliGemma's suffix mask).
+    answer_token_values: dict[str, int] = field(default_factory=dict)
+    # Processor knobs for image resolution: CLI name -> image-processor `size` key.
+    resolution_keys: dict[str, str] = field(default_factory=dict)
+    # Whether several images may share one prompt.
+    multi_image: bool = True
+    # How the model takes precomputed image features (`mm_encoder_outputs`): "list" of
+    # tensors, one "tensor", or None when unknown (then features are never cached).
+    image_features_as: str | None = "list"
+
+
+_QWEN_RESOLUTION = {"min_pixels": "shortest_edge", "max_pixels": "longest_edge"}
+
+FAMILIES: tuple[Family, ...] = (
+    Family("llava", ("llava",)),
+    Family("llava-next", ("llava_next",)),
+    Family("qwen2-vl", ("qwen2_vl",), resolution_keys=_QWEN_RESOLUTION),
+    Family("qwen2.5-vl", ("qwen2_5_vl",), resolution_keys=_QWEN_RESOLUTION),
+    Family("idefics3", ("idefics3", "smolvlm"), nest_images=True, image_features_as="tensor"),
+    Family(
+        "paligemma",
+        ("paligemma",),
+        prompt_style="plain",
+        answer_token_values={"token_type_ids": 1},
+        multi_image=False,
+        image_features_as="tensor",
+    ),
+)
+
+GENERIC = Family("generic", (), image_features_as=None)
+
+
+def family_for(model_type: str) -> Family:
+    """The registry entry for a transformers `model_type`, or the generic entry."""
+    for family in FAMILIES:
+        if model_type in family.model_types:
+            return family
+    return GENERIC
+
+
+def family_names() -> list[str]:
+    return [f.name for f in FAMILIES]

@@ -1,0 +1,318 @@
+"""The fine-tuning recipe: setup -> train -> save, readable top to bottom.
+
+Runs unchanged on one CPU, one GPU or several processes under `accelerate launch`. The loss is
+the sum of answer-token cross-entropies divided by the number of answer tokens in the whole
+global batch, so 1 process and N processes with the same global batch take the same steps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from domainvlm.data.cache import load_or_encode
+from domainvlm.data.collate import collate
+from domainvlm.data.encode import IGNORE_INDEX, image_token_id
+from domainvlm.data.prompting import PromptFormat
+from domainvlm.data.records import load_records
+from domainvlm.errors import ConfigError
+from domainvlm.loading import load_model
+from domainvlm.progress import Reporter
+from domainvlm.train import checkpoint as ckpt
+from domainvlm.train.batching import epoch_batches, micro_batches
+from domainvlm.train.config import FinetuneConfig
+from domainvlm.train.lora import apply_lora, parameter_report
+from domainvlm.train.run_dir import mark_finished, prepare_output, write_json_atomic
+from domainvlm.train.vision_cache import (
+    attach_image_features,
+    encoder_outputs,
+    feature_bytes,
+)
+
+
+@dataclass
+class RunResult:
+    output: Path
+    adapter: Path
+    steps: int
+    final_loss: float | None
+    best_eval_loss: float | None
+    seconds: float
+    samples_per_second: float
+
+
+def finetune(cfg: FinetuneConfig, reporter: Reporter | None = None) -> RunResult:
+    """Fine-tune `cfg.model` on `cfg.data`; writes the adapter under `cfg.output / "adapter"`."""
+    import torch
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    accelerator = Accelerator(mixed_precision=_mixed_precision(cfg.mixed_precision),
+                              cpu=not torch.cuda.is_available())
+    reporter = reporter or Reporter(enabled=accelerator.is_main_process)
+    world, rank = accelerator.num_processes, accelerator.process_index
+    accumulation = _accumulation(cfg, world)
+    set_seed(cfg.seed)
+
+    # --- setup -------------------------------------------------------------------------------
+    if accelerator.is_main_process:
+        prepare_output(cfg.output, cfg.fingerprint_fields(), resume=cfg.resume,
+                       overwrite=cfg.overwrite)
+    accelerator.wait_for_everyone()
+    last = ckpt.latest_checkpoint(cfg.output / "checkpoints") if cfg.resume else None
+
+    loaded = load_model(cfg.model, dtype=cfg.dtype, device=str(accelerator.device),
+                        quantization="4bit" if cfg.method == "qlora" else None,
+                        resolution=cfg.resolution)
+    model, processor, family = loaded.model, loaded.processor, loaded.family
+    fmt = PromptFormat.from_processor(processor, family)
+    pad_id = _pad_id(processor)
+    with accelerator.main_process_first():
+        train = _samples(cfg.data, fmt, cfg, reporter, "train")
+        evals = _samples(cfg.eval_data, fmt, cfg, reporter, "eval") if cfg.eval_data else []
+
+    frozen_vision = not {"vision", "projector"} & set(cfg.lora_targets)
+    img_id = image_token_id(processor)
+    if (cfg.vision_cache == "auto" and frozen_vision and family.image_features_as
+            and img_id is not None
+            and feature_bytes(train + evals, img_id, model) < cfg.vision_cache_max_gb * 2**30):
+        with reporter.task("caching image features", total=len(train) + len(evals)) as advance:
+            attach_image_features(model, train + evals, img_id, pad_id, progress=advance)
+
+    model.config.use_cache = False
+    model = apply_lora(model, method=cfg.method, r=cfg.lora_r, alpha=cfg.alpha,
+                       dropout=cfg.lora_dropout, components=cfg.lora_targets)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    reporter.parameters(parameter_report(model))
+
+    steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
+    total_steps = cfg.max_steps or math.ceil(cfg.epochs * steps_per_epoch)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate,
+                                  weight_decay=cfg.weight_decay)
+    scheduler = _scheduler(cfg, optimizer, total_steps)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    state = ckpt.TrainState()
+    if last is not None:
+        _load_adapter(accelerator.unwrap_model(model), last)
+        state = ckpt.load_trainer_state(last, optimizer, scheduler)
+        ckpt.set_rng_state(torch.load(last / f"rng-{rank}.pt", weights_only=False))
+        reporter.line(f"resuming from {last.name} (step {state.step} of {total_steps})")
+
+    writer = _tensorboard(cfg.output / "logs") if accelerator.is_main_process else None
+    lengths = [len(s["input_ids"]) for s in train]
+
+    # --- train -------------------------------------------------------------------------------
+    model.train()
+    started, seen, last_loss = time.perf_counter(), 0, None
+    with reporter.task("fine-tuning", total=total_steps, completed=state.step) as advance:
+        while state.step < total_steps:
+            epoch, index = divmod(state.step, steps_per_epoch)
+            batch_ids = epoch_batches(lengths, cfg.batch_size, cfg.seed, epoch,
+                                      cfg.group_by_length)[index]
+            loss = _train_step(model, optimizer, accelerator, train, batch_ids, world, rank,
+                               accumulation, pad_id, family, cfg.max_grad_norm)
+            scheduler.step()
+            state.step += 1
+            seen += len(batch_ids)
+            last_loss = loss
+            record = {"step": state.step, "loss": loss, "lr": scheduler.get_last_lr()[0]}
+            if evals and (state.step == total_steps
+                          or (cfg.eval_every and state.step % cfg.eval_every == 0)):
+                record["eval_loss"] = evaluate_loss(model, evals, cfg.batch_size, pad_id,
+                                                    family, accelerator)
+                _keep_best(state, record, accelerator, model, processor, cfg.output)
+            state.history.append(record)
+            _log(writer, record)
+            advance(1, loss=loss)
+            if cfg.save_every and state.step % cfg.save_every == 0 and state.step < total_steps:
+                _save_checkpoint(cfg, accelerator, model, optimizer, scheduler, state, rank)
+    elapsed = time.perf_counter() - started
+
+    # --- save --------------------------------------------------------------------------------
+    adapter = cfg.output / "adapter"
+    if accelerator.is_main_process:
+        save_adapter(accelerator.unwrap_model(model), processor, adapter)
+        summary = {"steps": state.step, "final_loss": last_loss,
+                   "best_eval_loss": state.best_eval_loss, "best_step": state.best_step,
+                   "seconds": round(elapsed, 3),
+                   "samples_per_second": round(seen * 1.0 / elapsed, 3) if elapsed else None,
+                   "world_size": world}
+        write_json_atomic(cfg.output / "history.json", state.history)
+        mark_finished(cfg.output, summary)
+    if writer is not None:
+        writer.close()
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return RunResult(cfg.output, adapter, state.step, last_loss, state.best_eval_loss, elapsed,
+                     seen / elapsed if elapsed else 0.0)
+
+
+def _train_step(model, optimizer, accelerator, samples, batch_ids, world, rank, accumulation,
+                pad_id, family, max_grad_norm) -> float:
+    """One optimizer step over a global batch; returns the global mean answer-token loss."""
+    import torch
+
+    # The model predicts token t+1 from t, so the first label never counts.
+    n_tokens = sum(int((samples[i]["labels"][1:] != IGNORE_INDEX).sum()) for i in batch_ids)
+    chunks = micro_batches(batch_ids, world, rank, accumulation)
+    loss_sum = torch.zeros((), device=accelerator.device)
+    for k, chunk in enumerate(chunks):
+        inputs = _to_device(collate([samples[i] for i in chunk], pad_id), accelerator.device,
+                            family)
+        sync = k == len(chunks) - 1
+        context = accelerator.no_sync(model) if not sync else contextlib.nullcontext()
+        with context, accelerator.autocast():
+            total = token_loss_sum(model, inputs)
+            # DDP averages gradients over processes: scale so the result is sum / n_tokens.
+            accelerator.backward(total * world / n_tokens)
+        loss_sum += total.detach()
+    if max_grad_norm:
+        accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return float(accelerator.reduce(loss_sum, reduction="sum")) / n_tokens
+
+
+def token_loss_sum(model, inputs: dict[str, Any]):
+    """Summed cross-entropy over answer tokens (the model shifts labels itself)."""
+    labels = inputs.pop("labels")
+    n = (labels[:, 1:] != IGNORE_INDEX).sum()
+    out = model(**inputs, labels=labels, num_items_in_batch=n)
+    return out.loss * n
+
+
+def evaluate_loss(model, samples, batch_size, pad_id, family, accelerator) -> float:
+    """Mean answer-token loss over `samples` (every process computes all of it: eval is small)."""
+    import torch
+
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(samples), batch_size):
+            chunk = samples[start:start + batch_size]
+            inputs = _to_device(collate(chunk, pad_id), accelerator.device, family)
+            count += int((inputs["labels"][:, 1:] != IGNORE_INDEX).sum())
+            with accelerator.autocast():
+                total += float(token_loss_sum(model, inputs))
+    model.train(was_training)
+    return total / max(count, 1)
+
+
+def save_adapter(model, processor, folder: Path) -> None:
+    """PEFT-format adapter + processor files, published atomically."""
+    import shutil
+
+    temp = ckpt.temp_dir_for(folder)
+    shutil.rmtree(temp, ignore_errors=True)
+    model.save_pretrained(temp)
+    processor.save_pretrained(temp)
+    ckpt.publish(temp, folder)
+
+
+def _save_checkpoint(cfg, accelerator, model, optimizer, scheduler, state, rank) -> None:
+    import torch
+
+    root = cfg.output / "checkpoints"
+    final = ckpt.checkpoint_dir(root, state.step)
+    temp = ckpt.temp_dir_for(final)
+    if accelerator.is_main_process:
+        temp.mkdir(parents=True, exist_ok=True)
+        accelerator.unwrap_model(model).save_pretrained(temp)
+    accelerator.wait_for_everyone()
+    torch.save(ckpt.rng_state(), temp / f"rng-{rank}.pt")
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        # trainer_state.pt is written last: its presence marks the checkpoint complete.
+        torch.save(ckpt.trainer_state_dict(state, optimizer, scheduler),
+                   temp / "trainer_state.pt")
+        ckpt.publish(temp, final)
+        ckpt.prune_checkpoints(root, cfg.keep_checkpoints)
+    accelerator.wait_for_everyone()
+
+
+def _load_adapter(model, folder: Path) -> None:
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    set_peft_model_state_dict(model, load_file(str(folder / "adapter_model.safetensors")))
+
+
+def _keep_best(state, record, accelerator, model, processor, output: Path) -> None:
+    if state.best_eval_loss is None or record["eval_loss"] < state.best_eval_loss:
+        state.best_eval_loss, state.best_step = record["eval_loss"], record["step"]
+        if accelerator.is_main_process:
+            save_adapter(accelerator.unwrap_model(model), processor, output / "best")
+
+
+def _samples(data, fmt, cfg, reporter, name):
+    records = load_records(data)
+    with reporter.task(f"processing {name} data", total=len(records)) as advance:
+        samples, hit = load_or_encode(records, fmt, cfg.max_length, cfg.cache_dir,
+                                      progress=lambda: advance(1))
+    reporter.line(f"{name}: {len(samples)} samples" + (" (from cache)" if hit else ""))
+    return samples
+
+
+def _to_device(batch: dict[str, Any], device, family) -> dict[str, Any]:
+    from domainvlm.train.vision_cache import FEATURE_KEY
+
+    batch = {k: v.to(device) for k, v in batch.items()}
+    return encoder_outputs(batch, family) if FEATURE_KEY in batch else batch
+
+
+def _accumulation(cfg: FinetuneConfig, world: int) -> int:
+    micro = cfg.micro_batch_size or max(cfg.batch_size // world, 1)
+    if cfg.batch_size % (micro * world):
+        raise ConfigError(
+            f"`--batch-size` ({cfg.batch_size}) must be a multiple of `--micro-batch-size` "
+            f"({micro}) x processes ({world})"
+        )
+    return cfg.batch_size // (micro * world)
+
+
+def _mixed_precision(requested: str) -> str:
+    import torch
+
+    if requested != "auto":
+        return requested
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "no"
+
+
+def _scheduler(cfg: FinetuneConfig, optimizer, total_steps: int):
+    from transformers import get_scheduler
+
+    name = {"constant": "constant_with_warmup"}.get(cfg.schedule, cfg.schedule)
+    return get_scheduler(name, optimizer, num_warmup_steps=round(cfg.warmup_ratio * total_steps),
+                         num_training_steps=total_steps)
+
+
+def _pad_id(processor) -> int:
+    tokenizer = processor.tokenizer
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if pad is None:
+        raise ConfigError("the tokenizer has neither a pad nor an eos token; set pad_token")
+    return pad
+
+
+def _tensorboard(folder: Path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(str(folder))
+
+
+def _log(writer, record: dict[str, Any]) -> None:
+    if writer is None:
+        return
+    for key, value in record.items():
+        if key != "step" and value is not None:
+            writer.add_scalar(f"train/{key}" if key != "eval_loss" else "eval/loss", value,
+                              record["step"])

@@ -1,0 +1,115 @@
+"""Where LoRA goes: linear layers of the chosen components, never Conv layers or the LM head.
+
+Components are found by the attribute names transformers VLMs use, so a new model whose parts
+carry the usual names needs no registry entry.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from domainvlm.errors import ConfigError
+
+# Attribute names under which VLMs keep each part; the projector is checked first because
+# Qwen-VL keeps its merger inside the vision tower.
+COMPONENT_NAMES: dict[str, tuple[str, ...]] = {
+    "projector": ("multi_modal_projector", "connector", "merger", "mm_projector"),
+    "vision": ("vision_tower", "visual", "vision_model", "vision_encoder"),
+    "language": ("language_model", "text_model"),
+}
+
+
+def component_of(module_name: str) -> str | None:
+    """Which component a module belongs to, by the first known part name in its path."""
+    parts = module_name.split(".")
+    for component, names in COMPONENT_NAMES.items():
+        if any(name in parts for name in names):
+            return component
+    return None
+
+
+def linear_modules(model: Any) -> dict[str, str]:
+    """Module name -> component, for every Linear layer inside a known component."""
+    import torch
+
+    found = {}
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear):
+            component = component_of(name)
+            if component is not None:
+                found[name] = component
+    return found
+
+
+def select_targets(model: Any, components: list[str]) -> str | list[str]:
+    """PEFT `target_modules` for the Linear layers of `components`.
+
+    A compact regex when it matches exactly those layers (it keeps adapter_config.json short),
+    else the explicit list of module names.
+    """
+    chosen = sorted(n for n, c in linear_modules(model).items() if c in components)
+    if not chosen:
+        raise ConfigError(
+            f"no Linear layers found in {components}; this model's parts are not named like "
+            f"known VLMs ({', '.join(n for names in COMPONENT_NAMES.values() for n in names)})"
+        )
+    leaves = sorted({n.rsplit(".", 1)[-1] for n in chosen})
+    prefixes = sorted({_component_prefix(n) for n in chosen})
+    pattern = (f"(?:{'|'.join(map(re.escape, prefixes))})\\.(?:.*\\.)?"
+               f"(?:{'|'.join(map(re.escape, leaves))})")
+    all_names = [name for name, _ in model.named_modules()]
+    if sorted(n for n in all_names if re.fullmatch(pattern, n)) == chosen:
+        return pattern
+    return chosen
+
+
+def _component_prefix(name: str) -> str:
+    parts = name.split(".")
+    known = {n for names in COMPONENT_NAMES.values() for n in names}
+    last = max(i for i, part in enumerate(parts) if part in known)
+    return ".".join(parts[: last + 1])
+
+
+@dataclass
+class ParameterReport:
+    """Trainable and total parameters per component, for the start-of-run table."""
+
+    rows: dict[str, tuple[int, int]]  # component -> (trainable, total)
+
+    @property
+    def trainable(self) -> int:
+        return sum(t for t, _ in self.rows.values())
+
+    @property
+    def total(self) -> int:
+        return sum(n for _, n in self.rows.values())
+
+
+def parameter_report(model: Any) -> ParameterReport:
+    rows: dict[str, list[int]] = {}
+    for name, param in model.named_parameters():
+        component = component_of(name) or "other"
+        row = rows.setdefault(component, [0, 0])
+        row[0] += param.numel() if param.requires_grad else 0
+        row[1] += param.numel()
+    return ParameterReport({k: (v[0], v[1]) for k, v in rows.items()})
+
+
+def apply_lora(model: Any, *, method: str, r: int, alpha: int, dropout: float,
+               components: list[str]) -> Any:
+    """Wrap `model` with a PEFT LoRA/DoRA adapter; QLoRA models are prepared for k-bit first."""
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if method == "qlora":
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    config = LoraConfig(
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=select_targets(model, components),
+        use_dora=method == "dora",
+        bias="none",
+    )
+    return get_peft_model(model, config)

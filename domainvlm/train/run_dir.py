@@ -1,0 +1,67 @@
+"""The output folder's contract: one run per folder, never silently overwritten."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from domainvlm.errors import OutputExistsError
+
+RUN_FILE = "run.json"
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump(data, handle, indent=2)
+    os.replace(tmp, path)
+
+
+def read_run(output: Path) -> dict[str, Any] | None:
+    path = output / RUN_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def prepare_output(output: Path, settings: dict[str, Any], *, resume: bool,
+                   overwrite: bool) -> None:
+    """Claim `output` for a run with `settings`, or accept it for `resume` of the same run."""
+    run = read_run(output) if output.is_dir() else None
+    occupied = output.is_dir() and any(output.iterdir())
+    if occupied and run is None:
+        raise OutputExistsError(
+            f"output folder {output} is not empty and holds no domainvlm run; choose another "
+            "--output"
+        )
+    if occupied and overwrite:
+        shutil.rmtree(output)
+    elif occupied:
+        changed = sorted(k for k in set(settings) | set(run["config"])
+                         if settings.get(k) != run["config"].get(k))
+        if changed:
+            raise OutputExistsError(
+                f"output folder {output} holds a different run (differs in: "
+                f"{', '.join(changed)}); pass --overwrite to replace it or choose another "
+                "--output"
+            )
+        if resume:
+            return
+        if run.get("status") == "finished":
+            raise OutputExistsError(
+                f"output folder {output} already holds this finished run; pass --overwrite to "
+                "train it again"
+            )
+        raise OutputExistsError(
+            f"output folder {output} holds an interrupted run of this config; pass --resume to "
+            "continue it or --overwrite to start over"
+        )
+    output.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(output / RUN_FILE, {"config": settings, "status": "running"})
+
+
+def mark_finished(output: Path, summary: dict[str, Any]) -> None:
+    run = read_run(output) or {}
+    write_json_atomic(output / RUN_FILE, {**run, "status": "finished", "summary": summary})
