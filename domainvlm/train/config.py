@@ -58,7 +58,6 @@ class FinetuneConfig(BaseModel):
     eval_every: int | None = Field(None, gt=0, description="Steps between eval-loss checks")
     save_every: int | None = Field(None, gt=0, description="Steps between checkpoints")
     keep_checkpoints: int = Field(2, gt=0)
-    log_every: int = Field(5, gt=0)
     cache_dir: Path | None = None
     resume: bool = False
     overwrite: bool = False

@@ -1,0 +1,192 @@
+"""The `domainvlm` command: fine-tune, evaluate, merge, build tiny models, inspect.
+
+Every bad input ends as one line on stderr and exit code 2; `--debug` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import sys
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+app = typer.Typer(
+    help="Adapt pretrained vision-language models to domain data with LoRA.\n\n"
+    "Start with `domainvlm finetune --help`. Models are hub ids or local folders; "
+    "`domainvlm tiny-model` writes a small random one for smoke tests.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    rich_markup_mode=None,
+)
+
+_DEBUG = False
+
+
+@app.callback()
+def _root(debug: Annotated[bool, typer.Option(help="Show tracebacks on errors.")] = False):
+    global _DEBUG
+    _DEBUG = debug or os.environ.get("DOMAINVLM_DEBUG") == "1"
+
+
+def _finetune_command():
+    """Build `finetune` whose options are exactly the fields of FinetuneConfig."""
+    from domainvlm.train.config import FinetuneConfig
+
+    params = [inspect.Parameter(
+        "config", inspect.Parameter.KEYWORD_ONLY, default=None,
+        annotation=Annotated[Optional[Path], typer.Option(  # noqa: UP045 (typer needs it)
+            help="YAML file with any of the options below; flags given here win.")])]
+    for name, field in FinetuneConfig.model_fields.items():
+        params.append(inspect.Parameter(
+            name, inspect.Parameter.KEYWORD_ONLY, default=None,
+            annotation=Annotated[_cli_type(field.annotation),
+                                 typer.Option(help=_help(field), show_default=False)]))
+
+    def finetune(**options: Any) -> None:
+        from domainvlm.train.config import build_config, load_yaml
+        from domainvlm.train.loop import finetune as run
+
+        path = options.pop("config")
+        values = load_yaml(path) if path else {}
+        for key, value in options.items():
+            if value is not None:
+                values[key] = value.split(",") if key == "lora_targets" else value
+        cfg = build_config(values, source=f"config {path}" if path else "options")
+        result = run(cfg)
+        typer.echo(f"adapter: {result.adapter}  steps: {result.steps}  "
+                   f"final loss: {result.final_loss:.4f}  "
+                   f"samples/s: {result.samples_per_second:.1f}")
+
+    finetune.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    finetune.__doc__ = (
+        "LoRA / DoRA / QLoRA fine-tune a vision-language model on VQA or caption data.\n\n"
+        "Data: JSONL lines {\"image\": path or [paths], \"question\": ..., \"answer\": ...}, "
+        "LLaVA-style JSON, or a datasets folder. Loss is on answer tokens only. Writes "
+        "OUTPUT/adapter (PEFT format), OUTPUT/checkpoints, OUTPUT/logs (TensorBoard).\n\n"
+        "Example: domainvlm finetune --model llava-hf/llava-1.5-7b-hf --data train.jsonl "
+        "--output runs/rad"
+    )
+    return finetune
+
+
+def _cli_type(annotation: Any) -> Any:
+    """The CLI type for a config field: Literals and lists travel as strings."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    base = args[0] if args and typing.get_origin(annotation) is not typing.Literal else annotation
+    if typing.get_origin(base) in (typing.Literal, list):
+        return Optional[str]  # noqa: UP045
+    if base is Path:
+        return Optional[Path]  # noqa: UP045
+    return Optional[base]  # noqa: UP045
+
+
+def _help(field: Any) -> str:
+    text = field.description or ""
+    choices = [a for a in typing.get_args(field.annotation)]
+    if typing.get_origin(field.annotation) is typing.Literal:
+        text += f" [{'|'.join(map(str, choices))}]"
+    if typing.get_origin(field.annotation) is list:
+        text += " (comma-separated)"
+    if not field.is_required():
+        default = field.default_factory() if field.default_factory else field.default
+        text += f" [default: {','.join(default) if isinstance(default, list) else default}]"
+    return text.strip()
+
+
+app.command("finetune")(_finetune_command())
+
+
+@app.command("eval")
+def eval_command(
+    model: Annotated[str, typer.Option(help="Model (hub id / folder) or an adapter folder.")],
+    data: Annotated[str, typer.Option(help="Questions with reference answers (.jsonl/.json).")],
+    output: Annotated[Path, typer.Option(help="Folder for metrics.json, predictions.jsonl.")],
+    base: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        help="Base model of the adapter (default: the one it names).")] = None,
+    batch_size: Annotated[int, typer.Option(min=1)] = 8,
+    max_new_tokens: Annotated[int, typer.Option(min=1)] = 32,
+) -> None:
+    """Generate answers and score them: VQA accuracy (closed/open), BLEU-4, ROUGE-L, METEOR,
+    CIDEr, and abstention on questions marked not answerable."""
+    from domainvlm.evaluation.run import evaluate, summary_lines
+
+    metrics = evaluate(model, data, output, base=base, batch_size=batch_size,
+                       max_new_tokens=max_new_tokens)
+    for line in summary_lines(metrics):
+        typer.echo(line)
+
+
+@app.command("merge")
+def merge_command(
+    adapter: Annotated[Path, typer.Option(help="Adapter folder of a fine-tuning run.")],
+    output: Annotated[Path, typer.Option(help="Folder for the merged model.")],
+    base: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        help="Base model (default: the one the adapter names).")] = None,
+    overwrite: bool = False,
+) -> None:
+    """Fold a LoRA adapter into its base: a plain transformers model plus processor files."""
+    from domainvlm.adapter_io import merge_adapter
+
+    typer.echo(f"merged model: {merge_adapter(adapter, output, base=base, overwrite=overwrite)}")
+
+
+@app.command("tiny-model")
+def tiny_model_command(
+    family: Annotated[str, typer.Option(help="llava, llava-next, qwen2-vl, qwen2.5-vl, "
+                                             "idefics3 or paligemma.")],
+    output: Annotated[Path, typer.Option(help="Folder to write the model into.")],
+    seed: int = 0,
+) -> None:
+    """Write a tiny random model of a real architecture, with tokenizer and processor."""
+    from domainvlm.tiny import build_tiny_model
+
+    typer.echo(f"tiny {family} model: {build_tiny_model(family, output, seed=seed)}")
+
+
+@app.command("synth-data")
+def synth_data_command(
+    output: Annotated[Path, typer.Option(help="Folder for images and train/eval JSONL.")],
+    images: Annotated[int, typer.Option(min=2, help="How many scenes.")] = 64,
+    seed: int = 0,
+) -> None:
+    """Write a small synthetic VQA set (coloured shapes) to try the engine on."""
+    from domainvlm.synth import write_shapes_dataset
+
+    for split, path in write_shapes_dataset(output, images, seed).items():
+        typer.echo(f"{split}: {path}")
+
+
+@app.command("info")
+def info_command(
+    model: Annotated[Optional[str], typer.Argument(  # noqa: UP045
+        help="Model or adapter folder to describe.")] = None,
+) -> None:
+    """Versions, devices, and (given a model) its family, parts and LoRA targets."""
+    from domainvlm.info import describe
+
+    for line in describe(model):
+        typer.echo(line)
+
+
+def main() -> None:
+    from domainvlm.errors import DomainVLMError
+
+    try:
+        app()
+    except (DomainVLMError, FileNotFoundError) as exc:
+        if _DEBUG:
+            raise
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""`domainvlm eval`: answer a data set's questions and score the answers."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from domainvlm.adapter_io import load_with_adapter
+from domainvlm.data.prompting import PromptFormat
+from domainvlm.data.records import Record, load_records
+from domainvlm.evaluation.generate import generate_answers
+from domainvlm.evaluation.metrics import abstention_rate, text_generation_metrics, vqa_accuracy
+from domainvlm.progress import Reporter
+from domainvlm.train.run_dir import write_json_atomic
+
+
+def score(records: list[Record], predictions: list[str]) -> dict[str, Any]:
+    """VQA accuracy by question type; text metrics on open questions; abstention if marked."""
+    references = [r.answer for r in records]
+    types = [r.question_type for r in records]
+    metrics: dict[str, Any] = {"vqa": vqa_accuracy(predictions, references,
+                                                   types if all(types) else None)}
+    open_ids = [i for i, r in enumerate(records) if (r.question_type or "open") == "open"]
+    if open_ids:
+        metrics["open_text"] = text_generation_metrics([predictions[i] for i in open_ids],
+                                                       [references[i] for i in open_ids])
+    if any(r.answerable is not None for r in records):
+        metrics["abstention"] = abstention_rate(
+            predictions, [r.answerable is not False for r in records])
+    return metrics
+
+
+def evaluate(model: str, data: str, output: Path, *, base: str | None = None,
+             batch_size: int = 8, max_new_tokens: int = 32,
+             reporter: Reporter | None = None) -> dict[str, Any]:
+    """Write OUTPUT/predictions.jsonl and OUTPUT/metrics.json; return the metrics."""
+    reporter = reporter or Reporter()
+    records = load_records(data)
+    loaded = load_with_adapter(model, base=base)
+    fmt = PromptFormat.from_processor(loaded.processor, loaded.family)
+    with reporter.task("answering", total=len(records)) as advance:
+        predictions = generate_answers(loaded.model, fmt, records, batch_size=batch_size,
+                                       max_new_tokens=max_new_tokens, progress=advance)
+    metrics = {"model": model, "data": str(data), "n": len(records),
+               **score(records, predictions)}
+    output.mkdir(parents=True, exist_ok=True)
+    _write_predictions(output / "predictions.jsonl", records, predictions)
+    write_json_atomic(output / "metrics.json", metrics)
+    return metrics
+
+
+def _write_predictions(path: Path, records: list[Record], predictions: list[str]) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        for record, prediction in zip(records, predictions):
+            handle.write(json.dumps({"source": record.source, "question": record.question,
+                                     "answer": record.answer, "prediction": prediction}) + "\n")
+    os.replace(tmp, path)
+
+
+def summary_lines(metrics: dict[str, Any]) -> list[str]:
+    vqa = metrics["vqa"]
+
+    def pct(value: float | None) -> str:
+        return "-" if value is None else f"{100 * value:.1f}%"
+
+    lines = [f"VQA accuracy {pct(vqa['accuracy'])} (n={vqa['n']})  closed "
+             f"{pct(vqa['closed_accuracy'])} (n={vqa['closed_n']})  open "
+             f"{pct(vqa['open_accuracy'])} (n={vqa['open_n']})"]
+    if "open_text" in metrics:
+        lines.append("open questions: " + "  ".join(
+            f"{k} {v:.3f}" for k, v in metrics["open_text"].items()))
+    if "abstention" in metrics:
+        lines.append(f"abstention on unanswerable: "
+                     f"{pct(metrics['abstention']['abstention_rate'])} "
+                     f"(n={metrics['abstention']['unanswerable_n']})")
+    return lines

@@ -1,0 +1,421 @@
+"""Tiny, randomly initialised vision-language models for offline tests.
+
+Real checkpoints weigh gigabytes and live on the Hub. These builders write a sub-million-parameter
+instance of each supported architecture with a locally trained byte-level BPE tokenizer, the
+family's real special tokens, chat template and processor classes, so every SDK code path
+(templating, collation, LoRA, generation) runs on a CPU in seconds without network access.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+FAMILIES = ("llava", "llava-next", "qwen2-vl", "qwen2.5-vl", "idefics3", "paligemma")
+
+_VOCAB_SIZE = 1500
+_HIDDEN = 64  # language-model width
+_TEXT = {"hidden_size": _HIDDEN, "intermediate_size": 2 * _HIDDEN, "num_hidden_layers": 2}
+_TEXT |= {"num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 2048}
+_VISION = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2}
+# LLaVA processors: CLIP's CLS feature is dropped ("default"), so tokens = (size / patch)^2.
+_LLAVA_PROC = {"vision_feature_select_strategy": "default", "num_additional_image_tokens": 1}
+
+# --- corpus ------------------------------------------------------------------------------------
+# Slot fillers for the sentence templates below, one space-separated string per slot.
+_SLOTS = {
+    "c": "red green blue yellow black white grey gray orange purple pink brown dark bright",
+    "s": "circle square triangle rectangle star oval dot line box ring cube sphere arrow",
+    "p": "left right top bottom centre center middle upper lower above below near far front back "
+    "inside outside corner edge side anterior posterior medial lateral",
+    "o": "lung liver heart kidney spleen brain bone chest abdomen pelvis spine skull rib stomach "
+    "bladder colon pancreas breast thyroid knee hip shoulder",
+    "f": "lesion nodule mass tumor tumour fracture effusion opacity cyst edema haemorrhage "
+    "hemorrhage calcification consolidation pneumothorax atelectasis infiltrate polyp abscess",
+    "n": "zero one two three four five six seven eight nine ten eleven twelve many few",
+    "m": "CT MRI X-ray xray ultrasound PET mammography radiograph",
+    "a": "yes no none Yes No None true false unknown normal abnormal present absent",
+}
+# Different strides per slot so the fillers combine differently from line to line.
+_STRIDES = {"c": 1, "s": 7, "p": 5, "o": 3, "f": 11, "n": 13, "m": 1, "a": 17}
+_TEMPLATES = (
+    "Is there a {f} in the {p} {o}? {a}",
+    "How many {c} {s}s are there? {n}",
+    "There are {n} {c} {s}s on the {p} side of the image.",
+    "What colour is the {s}? {c}",
+    "Where is the {f}? {p}",
+    "Which organ is shown in this {m} scan? {o}",
+    "The {m} image shows a {f} in the {p} {o}.",
+    "Does the {o} look normal? {a}",
+    "What is the abnormality in the {o}? {f}",
+    "Count the {s}s: {d}",
+    "Are the {s}s {c} or not? {a}",
+    "Findings: {f} of the {p} {o}, size {d} mm. Impression: {a}.",
+    "Describe the picture. A {c} {s} is to the {p} of a {s}.",
+    "Answer with a single word. {a}",
+    "The robot sees {n} objects; the {c} one is on the {p}.",
+)
+_EXTRA = (
+    "what where which who when why how many much is are was were does do did can could should "
+    "there this that these those the a an of in on at to from with without and or not "
+    "image picture photo scan view slice axial coronal sagittal patient doctor report question "
+    "answer describe show find count locate bounding box object camera robot gripper table cup "
+    "bottle person hand door floor wall benign malignant acute chronic mild moderate severe small "
+    "large round irregular smooth contrast enhanced density signal. , ? ! : ; ( ) [ ] - / % + ="
+)
+
+
+def _corpus() -> list[str]:
+    """Deterministic sentences covering the answer words the tests and SDK examples use."""
+    slots = {key: words.split() for key, words in _SLOTS.items()}
+    lines = [_EXTRA, " ".join(str(i) for i in range(101)), "0 1 2 3 4 5 6 7 8 9 10 100 1000"]
+    for words in slots.values():
+        lines += [" ".join(words), " ".join(w.capitalize() for w in words)]
+    for i in range(1200):
+        fields = {k: w[(i * _STRIDES[k]) % len(w)] for k, w in slots.items()}
+        lines.append(_TEMPLATES[i % len(_TEMPLATES)].format(d=str(i % 37), **fields))
+    return lines
+
+
+# --- tokenizer ---------------------------------------------------------------------------------
+def _tokenizer(specials: list[str], **kwargs: Any) -> Any:
+    """Train a byte-level BPE (lossless: any answer string round-trips through decode)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=_VOCAB_SIZE,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    backend.train_from_iterator(_corpus(), trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        clean_up_tokenization_spaces=False,
+        model_max_length=4096,
+        **kwargs,
+    )
+
+
+def _llama_tokenizer() -> Any:
+    """Llama/Mistral layout: <unk> <s> </s>, bos added, plus <image> and a separate <pad>."""
+    return _tokenizer(
+        ["<unk>", "<s>", "</s>", "<pad>", "<image>"],
+        unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        add_bos_token=True,
+        extra_special_tokens={"image_token": "<image>"},
+    )
+
+
+# --- chat templates ----------------------------------------------------------------------------
+# Every template accepts plain-string content or lists of {"type": "image"|"text"} items, and
+# wraps each assistant answer plus its end-of-turn token in {% generation %} so
+# return_assistant_tokens_mask works.
+_ITEMS = (
+    "{%- set items = [{'type': 'text', 'text': message['content']}] if message['content'] is string"
+    " else message['content'] -%}"
+    "{%- set text = items | selectattr('type', 'equalto', 'text') | map(attribute='text')"
+    " | join(' ') -%}"
+    "{%- set n_images = items | selectattr('type', 'equalto', 'image') | list | length -%}"
+)
+# llava-hf/llava-1.5-7b-hf (Vicuna v1): "USER: <image>\n{q} ASSISTANT: {a}</s>".
+_LLAVA_TEMPLATE = (
+    "{%- for message in messages -%}" + _ITEMS + "{%- if message['role'] == 'system' -%}"
+    "{{ text + ' ' }}"
+    "{%- elif message['role'] == 'assistant' -%}"
+    "{{ 'ASSISTANT: ' }}{% generation %}{{ text + '</s>' }}{% endgeneration %}"
+    "{%- else -%}"
+    "{{ message['role'].upper() + ': ' + '<image>\n' * n_images + text + ' ' }}"
+    "{%- endif -%}{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ 'ASSISTANT:' }}{%- endif -%}"
+)
+# llava-hf/llava-v1.6-mistral-7b-hf: "[INST] <image>\n{q} [/INST] {a}</s>" (the generation
+# prompt is implicit, as in the original).
+_LLAVA_NEXT_TEMPLATE = (
+    "{%- for message in messages -%}" + _ITEMS + "{%- if message['role'] == 'system' -%}"
+    "{{ '<<SYS>>\n' + text + '\n<</SYS>>\n\n' }}"
+    "{%- elif message['role'] == 'user' -%}"
+    "{{ '[INST] ' + '<image>\n' * n_images + text + ' [/INST]' }}"
+    "{%- elif message['role'] == 'assistant' -%}"
+    "{{ ' ' }}{% generation %}{{ text + '</s>' }}{% endgeneration %}"
+    "{%- endif -%}{%- endfor -%}"
+)
+# Qwen/Qwen2-VL-2B-Instruct (ChatML with a default system prompt).
+_QWEN_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{%- if loop.first and message['role'] != 'system' -%}"
+    "{{ '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}{%- endif -%}"
+    "{%- set items = [{'type': 'text', 'text': message['content']}] if message['content'] is string"
+    " else message['content'] -%}"
+    "{%- set ns = namespace(body='') -%}"
+    "{%- for item in items -%}"
+    "{%- if item['type'] == 'image' or 'image' in item -%}"
+    "{%- set ns.body = ns.body + '<|vision_start|><|image_pad|><|vision_end|>' -%}"
+    "{%- elif 'text' in item -%}{%- set ns.body = ns.body + item['text'] -%}{%- endif -%}"
+    "{%- endfor -%}"
+    "{{ '<|im_start|>' + message['role'] + '\n' }}"
+    "{%- if message['role'] == 'assistant' -%}"
+    "{% generation %}{{ ns.body + '<|im_end|>' }}{% endgeneration %}{{ '\n' }}"
+    "{%- else -%}{{ ns.body + '<|im_end|>\n' }}{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\n' }}{%- endif -%}"
+)
+# HuggingFaceTB/SmolVLM-Instruct (Idefics3): "<|im_start|>User:<image>{q}<end_of_utterance>\n
+# Assistant: {a}<end_of_utterance>\n".
+_IDEFICS3_TEMPLATE = (
+    "{{ '<|im_start|>' }}{%- for message in messages -%}"
+    + _ITEMS
+    + "{{ message['role'] | capitalize }}"
+    "{{ ':' if items and items[0]['type'] == 'image' else ': ' }}"
+    "{%- if message['role'] == 'assistant' -%}"
+    "{% generation %}{{ text + '<end_of_utterance>' }}{% endgeneration %}{{ '\n' }}"
+    "{%- else -%}"
+    "{%- for item in items -%}"
+    "{{ item['text'] if item['type'] == 'text' else '<image>' }}"
+    "{%- endfor -%}{{ '<end_of_utterance>\n' }}"
+    "{%- endif -%}{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ 'Assistant:' }}{%- endif -%}"
+)
+
+
+# --- shared model pieces -----------------------------------------------------------------------
+def _text_kwargs(tokenizer: Any, **extra: Any) -> dict[str, Any]:
+    """A 2-layer, 64-wide decoder whose special ids match the tokenizer."""
+    ids = {f"{k}_token_id": getattr(tokenizer, f"{k}_token_id") for k in ("bos", "eos", "pad")}
+    return {"vocab_size": len(tokenizer), **_TEXT, **ids, **extra}
+
+
+def _clip(size: int, patch: int) -> Any:
+    from transformers import CLIPVisionConfig
+
+    return CLIPVisionConfig(
+        **_VISION, num_attention_heads=2, image_size=size, patch_size=patch, projection_dim=32
+    )
+
+
+def _clip_processor(size: int, cls: Callable[..., Any] | None = None, **kwargs: Any) -> Any:
+    from transformers import CLIPImageProcessor
+
+    crop = {"height": size, "width": size}
+    return (cls or CLIPImageProcessor)(size={"shortest_edge": size}, crop_size=crop, **kwargs)
+
+
+# --- per-family builders, each returning (model, processor) ------------------------------------
+Built = tuple[Any, Any]
+
+
+def _llava(size: int) -> Built:
+    import transformers as tf
+
+    tok, patch = _llama_tokenizer(), size // 4
+    images = _clip_processor(size)
+    proc = tf.LlavaProcessor(
+        images, tok, patch_size=patch, chat_template=_LLAVA_TEMPLATE, **_LLAVA_PROC
+    )
+    config = tf.LlavaConfig(
+        vision_config=_clip(size, patch),
+        text_config=tf.LlamaConfig(**_text_kwargs(tok)),
+        image_token_index=tok.image_token_id,
+        vision_feature_select_strategy="default",
+        image_seq_length=(size // patch) ** 2,
+    )
+    return tf.LlavaForConditionalGeneration(config), proc
+
+
+def _llava_next(size: int) -> Built:
+    import transformers as tf
+
+    tok, patch = _llama_tokenizer(), size // 4
+    pins = [[size, size], [size, 2 * size], [2 * size, size], [2 * size, 2 * size]]
+    images = _clip_processor(size, tf.LlavaNextImageProcessor, image_grid_pinpoints=pins)
+    proc = tf.LlavaNextProcessor(
+        images, tok, patch_size=patch, chat_template=_LLAVA_NEXT_TEMPLATE, **_LLAVA_PROC
+    )
+    config = tf.LlavaNextConfig(
+        vision_config=_clip(size, patch),
+        text_config=tf.MistralConfig(**_text_kwargs(tok, head_dim=_HIDDEN // 4)),
+        image_token_index=tok.image_token_id,
+        image_grid_pinpoints=pins,
+        image_seq_length=(size // patch) ** 2,
+    )
+    return tf.LlavaNextForConditionalGeneration(config), proc
+
+
+_QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>"]
+_QWEN_SPECIALS += ["<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>"]
+
+
+def _qwen(size: int, v25: bool) -> Built:
+    """Qwen2-VL and Qwen2.5-VL share tokenizer, processors and text model; only the ViT differs."""
+    import transformers as tf
+
+    tok = _tokenizer(_QWEN_SPECIALS, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    patch, merge = max(size // 8, 1), 2
+    pixels = {"shortest_edge": (size // 2) ** 2, "longest_edge": size**2}
+    grid = {"patch_size": patch, "merge_size": merge, "temporal_patch_size": 2, "size": pixels}
+    images, videos = tf.Qwen2VLImageProcessor(**grid), tf.Qwen2VLVideoProcessor(**grid)
+    vision = {"depth": 2, "num_heads": 2, "patch_size": patch, "spatial_merge_size": merge}
+    # mrope_section must sum to head_dim / 2 = (64 / 4 heads) / 2.
+    rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]}
+    text = _text_kwargs(tok, rope_parameters=rope, bos_token_id=tok.pad_token_id)
+    # The config defaults are the real 151k-vocab ids; point them at ours.
+    names = {"image": "image_pad", "video": "video_pad", "vision_start": "", "vision_end": ""}
+    special = {
+        f"{key}_token_id": tok.convert_tokens_to_ids(f"<|{token or key}|>")
+        for key, token in names.items()
+    }
+    if v25:
+        vcfg = tf.Qwen2_5_VLVisionConfig(
+            **vision,
+            hidden_size=32,
+            intermediate_size=64,
+            out_hidden_size=_HIDDEN,
+            window_size=2 * patch * merge,
+            fullatt_block_indexes=[1],
+        )
+        config = tf.Qwen2_5_VLConfig(
+            vision_config=vcfg, text_config=tf.Qwen2_5_VLTextConfig(**text), **special
+        )
+        proc_cls, model_cls = tf.Qwen2_5_VLProcessor, tf.Qwen2_5_VLForConditionalGeneration
+    else:
+        vcfg = tf.Qwen2VLVisionConfig(**vision, embed_dim=32, hidden_size=_HIDDEN, mlp_ratio=2)
+        config = tf.Qwen2VLConfig(
+            vision_config=vcfg, text_config=tf.Qwen2VLTextConfig(**text), **special
+        )
+        proc_cls, model_cls = tf.Qwen2VLProcessor, tf.Qwen2VLForConditionalGeneration
+    proc = proc_cls(images, tok, videos, chat_template=_QWEN_TEMPLATE)
+    return model_cls(config), proc
+
+
+def _idefics3(size: int) -> Built:
+    import transformers as tf
+
+    # Without the <row_i_col_j> tokens the processor's tile markers would be silently split.
+    grid = [f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7)]
+    chat = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<end_of_utterance>"]
+    image = ["<fake_token_around_image>", "<image>", "<global-img>"]
+    tok = _tokenizer(
+        chat + image + grid,
+        unk_token="<|endoftext|>",
+        bos_token="<|im_start|>",
+        eos_token="<end_of_utterance>",
+        pad_token="<|im_end|>",
+    )
+    patch, scale = size // 4, 2
+    # Inputs are resized to 2*size and split into 2x2 tiles of `size` plus a global view.
+    images = tf.Idefics3ImageProcessor(
+        size={"longest_edge": 2 * size}, max_image_size={"longest_edge": size}
+    )
+    proc = tf.Idefics3Processor(
+        images,
+        tok,
+        image_seq_len=(size // patch) ** 2 // scale**2,
+        chat_template=_IDEFICS3_TEMPLATE,
+    )
+    vision = tf.Idefics3VisionConfig(
+        **_VISION, num_attention_heads=2, image_size=size, patch_size=patch
+    )
+    config = tf.Idefics3Config(
+        vision_config=vision,
+        text_config=tf.LlamaConfig(**_text_kwargs(tok)),
+        image_token_id=tok.convert_tokens_to_ids("<image>"),
+        scale_factor=scale,
+        pad_token_id=tok.pad_token_id,
+    )
+    return tf.Idefics3ForConditionalGeneration(config), proc
+
+
+def _paligemma(size: int) -> Built:
+    import transformers as tf
+
+    tok = _tokenizer(
+        ["<pad>", "<eos>", "<bos>", "<unk>", "<image>"],
+        pad_token="<pad>",
+        eos_token="<eos>",
+        bos_token="<bos>",
+        unk_token="<unk>",
+        add_bos_token=True,
+        extra_special_tokens={"image_token": "<image>"},
+    )
+    patch = size // 4
+    images = tf.SiglipImageProcessor(
+        size={"height": size, "width": size}, image_seq_length=(size // patch) ** 2
+    )
+    proc = tf.PaliGemmaProcessor(images, tok)  # adds 1024 <locXXXX> + 128 <segXXX> tokens
+    vision = tf.SiglipVisionConfig(
+        **_VISION, num_attention_heads=2, image_size=size, patch_size=patch
+    )
+    text = tf.GemmaConfig(**_text_kwargs(tok, num_key_value_heads=1, head_dim=_HIDDEN // 4))
+    config = tf.PaliGemmaConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_index=tok.image_token_id,
+        vocab_size=len(tok),
+        projection_dim=_HIDDEN,
+        hidden_size=_HIDDEN,
+    )
+    return tf.PaliGemmaForConditionalGeneration(config), proc
+
+
+_BUILDERS: dict[str, Callable[[int], Built]] = {
+    "llava": _llava,
+    "llava-next": _llava_next,
+    "qwen2-vl": lambda size: _qwen(size, v25=False),
+    "qwen2.5-vl": lambda size: _qwen(size, v25=True),
+    "idefics3": _idefics3,
+    "paligemma": _paligemma,
+}
+
+_CARD = """---
+library_name: transformers
+pipeline_tag: image-text-to-text
+tags: [domainvlm, tiny-random, test]
+---
+# tiny-random-{family}
+
+A randomly initialised, tiny `{arch}` ({params:,} parameters) built offline by
+`domainvlm.tiny.build_tiny_model("{family}", seed={seed}, image_size={size})`, with a byte-level
+BPE tokenizer trained on a small built-in English corpus. It produces nonsense: use it only for
+tests and smoke runs, never for predictions.
+"""
+
+
+def build_tiny_model(
+    family: str, output: Path | str, *, seed: int = 0, image_size: int = 64
+) -> Path:
+    """Write a tiny random `family` model, its processor and a model card to `output`.
+
+    The result loads with `AutoModelForImageTextToText` / `AutoProcessor`; the same `seed`
+    gives byte-identical weights and tokenizer.
+    """
+    if family not in _BUILDERS:
+        raise ValueError(f"unknown model family {family!r}; valid families: {', '.join(FAMILIES)}")
+    if image_size < 16 or image_size % 16:
+        raise ValueError(f"image_size must be a positive multiple of 16, got {image_size}")
+    import torch
+
+    with torch.random.fork_rng(devices=[]):  # seed locally, leave the caller's RNG alone
+        torch.manual_seed(seed)
+        model, processor = _BUILDERS[family](image_size)
+    tok = processor.tokenizer
+    gen = model.generation_config  # so generate() stops at the end-of-turn token
+    gen.bos_token_id, gen.eos_token_id = tok.bos_token_id, tok.eos_token_id
+    gen.pad_token_id = tok.pad_token_id
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    params = sum(p.numel() for p in model.parameters())
+    card = _CARD.format(
+        family=family, arch=type(model).__name__, params=params, seed=seed, size=image_size
+    )
+    (out / "README.md").write_text(card)
+    return out

@@ -1,0 +1,42 @@
+"""Shared fixtures: tiny real-architecture models and a small synthetic VQA set, built once."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+from domainvlm.synth import write_shapes_dataset  # noqa: E402
+from domainvlm.tiny import FAMILIES, build_tiny_model  # noqa: E402
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    os.environ["DOMAINVLM_CACHE"] = str(tmp_path_factory.mktemp("domainvlm-cache"))
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory):
+    """family -> folder of a tiny model, built on first use and shared by the session."""
+    root = tmp_path_factory.mktemp("tiny-models")
+    built: dict[str, Path] = {}
+
+    def get(family: str) -> Path:
+        if family not in built:
+            built[family] = build_tiny_model(family, root / family, seed=0)
+        return built[family]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def shapes_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """train.jsonl / eval.jsonl of coloured-shape questions with their images."""
+    return write_shapes_dataset(tmp_path_factory.mktemp("shapes"), n_images=12, seed=0)
+
+
+ALL_FAMILIES = list(FAMILIES)

@@ -1,0 +1,112 @@
+"""Label masking, truncation and batching on every family's real processor."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import ALL_FAMILIES
+from transformers import AutoConfig, AutoProcessor
+
+from domainvlm.data.collate import collate
+from domainvlm.data.encode import IGNORE_INDEX, encode_record, image_token_id
+from domainvlm.data.prompting import PromptFormat
+from domainvlm.data.records import Record
+from domainvlm.errors import DataError
+from domainvlm.families import family_for
+from domainvlm.synth import Shape, draw_scene
+
+
+def prompt_format(folder) -> PromptFormat:
+    family = family_for(AutoConfig.from_pretrained(folder).model_type)
+    return PromptFormat.from_processor(AutoProcessor.from_pretrained(folder), family)
+
+
+def scene(colour="red", side="left"):
+    import random
+
+    return draw_scene([Shape(colour, "square", side)], 64, random.Random(0))
+
+
+@pytest.mark.parametrize("family", ALL_FAMILIES)
+@pytest.mark.parametrize("answer", ["left lung", "3", "no"])
+def test_only_answer_and_end_of_turn_carry_loss(tiny_models, family, answer):
+    fmt = prompt_format(tiny_models(family))
+    record = Record([scene()], "Where is the lesion?", answer, "test:1")
+    sample = encode_record(record, fmt, max_length=512)
+    labels = sample["labels"]
+    kept = labels[labels != IGNORE_INDEX]
+    tokenizer = fmt.processor.tokenizer
+    assert tokenizer.decode(kept[:-1]).strip() == answer
+    assert int(kept[-1]) == fmt.end_of_turn_id
+    # Everything before the answer (system, prompt, image tokens) is masked.
+    first = int((labels != IGNORE_INDEX).nonzero()[0])
+    assert (labels[:first] == IGNORE_INDEX).all()
+    assert (labels[first:] != IGNORE_INDEX).all()
+    assert (sample["input_ids"][labels != IGNORE_INDEX] == kept).all()
+    img = image_token_id(fmt.processor)
+    assert (sample["input_ids"] == img).sum() > 0
+    assert (labels[sample["input_ids"] == img] == IGNORE_INDEX).all()
+
+
+@pytest.mark.parametrize("family", ALL_FAMILIES)
+def test_prompt_matches_what_generation_sees(tiny_models, family):
+    """The prompt part of a training sample is token for token the inference prompt."""
+    fmt = prompt_format(tiny_models(family))
+    record = Record([scene()], "What colour is the square?", "red", "test:1")
+    sample = encode_record(record, fmt, max_length=512)
+    prompt = fmt.prompt(record.question, 1)
+    inference = fmt.processor(**fmt.processor_inputs(prompt, [scene()]), return_tensors="pt")
+    n = inference["input_ids"].shape[1]
+    assert torch.equal(sample["input_ids"][:n], inference["input_ids"][0])
+
+
+@pytest.mark.parametrize("family", ALL_FAMILIES)
+def test_too_long_is_an_error_naming_the_record_not_a_cut(tiny_models, family):
+    fmt = prompt_format(tiny_models(family))
+    record = Record([scene()], "Where is it?", "left", "train.jsonl:7")
+    needed = len(encode_record(record, fmt, max_length=4096)["input_ids"])
+    with pytest.raises(DataError, match=r"train.jsonl:7.*image tokens.*--max-length"):
+        encode_record(record, fmt, max_length=needed - 1)
+
+
+@pytest.mark.parametrize("family", ALL_FAMILIES)
+def test_collate_pads_with_masked_labels_and_model_accepts_batch(tiny_models, family):
+    from transformers import AutoModelForImageTextToText
+
+    folder = tiny_models(family)
+    fmt = prompt_format(folder)
+    short = encode_record(Record([scene()], "Colour?", "red", "a:1"), fmt, 512)
+    long = encode_record(Record([scene("blue", "right")], "What colour is the shape on the "
+                                "right side of the image?", "blue square", "a:2"), fmt, 512)
+    pad = fmt.processor.tokenizer.pad_token_id
+    batch = collate([short, long], pad)
+    n_short = len(short["input_ids"])
+    assert batch["input_ids"].shape[0] == 2
+    assert (batch["labels"][0, n_short:] == IGNORE_INDEX).all()
+    assert (batch["attention_mask"][0, n_short:] == 0).all()
+    model = AutoModelForImageTextToText.from_pretrained(folder)
+    out = model(**batch)
+    assert torch.isfinite(out.loss)
+
+
+@pytest.mark.parametrize("family", ["llava", "llava-next", "qwen2-vl", "qwen2.5-vl", "idefics3"])
+def test_multi_image_records(tiny_models, family):
+    fmt = prompt_format(tiny_models(family))
+    one = encode_record(Record([scene()], "Same?", "no", "m:1"), fmt, 1024)
+    two = encode_record(Record([scene(), scene("blue")], "Same?", "no", "m:2"), fmt, 1024)
+    img = image_token_id(fmt.processor)
+    assert (two["input_ids"] == img).sum() == 2 * (one["input_ids"] == img).sum()
+
+
+def test_paligemma_marks_answer_tokens_as_suffix(tiny_models):
+    fmt = prompt_format(tiny_models("paligemma"))
+    sample = encode_record(Record([scene()], "colour", "red", "p:1"), fmt, 512)
+    answer = sample["labels"] != IGNORE_INDEX
+    assert (sample["token_type_ids"][answer] == 1).all()
+    assert (sample["token_type_ids"][~answer] == 0).all()
+
+
+def test_multi_image_refused_where_family_takes_one(tiny_models):
+    fmt = prompt_format(tiny_models("paligemma"))
+    with pytest.raises(DataError, match="p:2.*one image"):
+        encode_record(Record([scene(), scene()], "q", "a", "p:2"), fmt, 512)
