@@ -24,7 +24,8 @@ def generate_answers(model: Any, fmt: PromptFormat, records: list[Record], *,
         for start in range(0, len(records), batch_size):
             chunk = records[start:start + batch_size]
             images = [[open_image(ref, r.source) for ref in r.images] for r in chunk]
-            prompts = [fmt.prompt(r.question, len(imgs)) for r, imgs in zip(chunk, images)]
+            prompts = [fmt.prompt(r.question, len(imgs))
+                       for r, imgs in zip(chunk, images, strict=True)]
             flat = images if fmt.family.nest_images else [i for imgs in images for i in imgs]
             inputs = fmt.processor(text=prompts, images=flat, padding=True,
                                    return_tensors="pt").to(model.device)

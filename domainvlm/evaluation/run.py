@@ -55,7 +55,7 @@ def evaluate(model: str, data: str, output: Path, *, base: str | None = None,
 def _write_predictions(path: Path, records: list[Record], predictions: list[str]) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        for record, prediction in zip(records, predictions):
+        for record, prediction in zip(records, predictions, strict=True):
             handle.write(json.dumps({"source": record.source, "question": record.question,
                                      "answer": record.answer, "prediction": prediction}) + "\n")
     os.replace(tmp, path)

@@ -8,6 +8,7 @@ transformers' `mm_encoder_outputs`, so the forward pass skips the vision tower.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -57,11 +58,8 @@ def attach_image_features(model: Any, samples: list[dict], image_token_id: int,
             chunk = samples[start:start + batch_size]
             batch = {k: v.to(device) for k, v in collate(chunk, pad_token_id).items()
                      if k != "labels"}
-            with torch.no_grad():
-                try:
-                    model(**batch)
-                except _Captured:
-                    pass
+            with torch.no_grad(), contextlib.suppress(_Captured):
+                model(**batch)
             embeds = captured.pop("embeds")
             for row, sample in enumerate(chunk):
                 mask = batch["input_ids"][row] == image_token_id
