@@ -26,7 +26,12 @@ from domainvlm.train import checkpoint as ckpt
 from domainvlm.train.batching import epoch_batches, micro_batches
 from domainvlm.train.config import FinetuneConfig
 from domainvlm.train.lora import apply_lora, parameter_report
-from domainvlm.train.run_dir import mark_finished, prepare_output, write_json_atomic
+from domainvlm.train.run_dir import (
+    check_output,
+    claim_output,
+    mark_finished,
+    write_json_atomic,
+)
 from domainvlm.train.vision_cache import (
     attach_image_features,
     encoder_outputs,
@@ -59,10 +64,8 @@ def finetune(cfg: FinetuneConfig, reporter: Reporter | None = None) -> RunResult
     set_seed(cfg.seed)
 
     # --- setup -------------------------------------------------------------------------------
-    if accelerator.is_main_process:
-        prepare_output(cfg.output, cfg.fingerprint_fields(), resume=cfg.resume,
-                       overwrite=cfg.overwrite)
-    accelerator.wait_for_everyone()
+    check_output(cfg.output, cfg.fingerprint_fields(), resume=cfg.resume,
+                 overwrite=cfg.overwrite)
     last = ckpt.latest_checkpoint(cfg.output / "checkpoints") if cfg.resume else None
 
     loaded = load_model(cfg.model, dtype=cfg.dtype, device=str(accelerator.device),
@@ -74,6 +77,11 @@ def finetune(cfg: FinetuneConfig, reporter: Reporter | None = None) -> RunResult
     with accelerator.main_process_first():
         train = _samples(cfg.data, fmt, cfg, reporter, "train")
         evals = _samples(cfg.eval_data, fmt, cfg, reporter, "eval") if cfg.eval_data else []
+
+    # Inputs are valid: only now does the output folder become this run's.
+    if accelerator.is_main_process:
+        claim_output(cfg.output, cfg.fingerprint_fields(), overwrite=cfg.overwrite)
+    accelerator.wait_for_everyone()
 
     frozen_vision = not {"vision", "projector"} & set(cfg.lora_targets)
     img_id = image_token_id(processor)

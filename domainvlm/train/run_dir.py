@@ -26,9 +26,9 @@ def read_run(output: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
-def prepare_output(output: Path, settings: dict[str, Any], *, resume: bool,
-                   overwrite: bool) -> None:
-    """Claim `output` for a run with `settings`, or accept it for `resume` of the same run."""
+def check_output(output: Path, settings: dict[str, Any], *, resume: bool,
+                 overwrite: bool) -> None:
+    """Fail fast, before any work, when `output` may not take a run with `settings`."""
     run = read_run(output) if output.is_dir() else None
     occupied = output.is_dir() and any(output.iterdir())
     if occupied and run is None:
@@ -36,9 +36,7 @@ def prepare_output(output: Path, settings: dict[str, Any], *, resume: bool,
             f"output folder {output} is not empty and holds no domainvlm run; choose another "
             "--output"
         )
-    if occupied and overwrite:
-        shutil.rmtree(output)
-    elif occupied:
+    if occupied and not overwrite:
         changed = sorted(k for k in set(settings) | set(run["config"])
                          if settings.get(k) != run["config"].get(k))
         if changed:
@@ -58,8 +56,15 @@ def prepare_output(output: Path, settings: dict[str, Any], *, resume: bool,
             f"output folder {output} holds an interrupted run of this config; pass --resume to "
             "continue it or --overwrite to start over"
         )
+
+
+def claim_output(output: Path, settings: dict[str, Any], *, overwrite: bool) -> None:
+    """Mark `output` as holding a running run (after `check_output` and all validation)."""
+    if overwrite and output.is_dir():
+        shutil.rmtree(output)
     output.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(output / RUN_FILE, {"config": settings, "status": "running"})
+    if read_run(output) is None:
+        write_json_atomic(output / RUN_FILE, {"config": settings, "status": "running"})
 
 
 def mark_finished(output: Path, summary: dict[str, Any]) -> None:
