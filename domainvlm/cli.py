@@ -5,6 +5,7 @@ Every bad input ends as one line on stderr and exit code 2; `--debug` shows the 
 
 from __future__ import annotations
 
+import enum
 import inspect
 import os
 import sys
@@ -13,6 +14,10 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
+
+from domainvlm.families import family_names
+
+FamilyName = enum.Enum("FamilyName", {name: name for name in family_names()}, type=str)
 
 app = typer.Typer(
     help="Adapt pretrained vision-language models to domain data with LoRA.\n\n"
@@ -137,15 +142,15 @@ def merge_command(
 
 @app.command("tiny-model")
 def tiny_model_command(
-    family: Annotated[str, typer.Option(help="llava, llava-next, qwen2-vl, qwen2.5-vl, "
-                                             "idefics3 or paligemma.")],
+    family: Annotated[FamilyName, typer.Option(help="Architecture family to build.")],
     output: Annotated[Path, typer.Option(help="Folder to write the model into.")],
     seed: int = 0,
 ) -> None:
     """Write a tiny random model of a real architecture, with tokenizer and processor."""
     from domainvlm.tiny import build_tiny_model
 
-    typer.echo(f"tiny {family} model: {build_tiny_model(family, output, seed=seed)}")
+    typer.echo(f"tiny {family.value} model: "
+               f"{build_tiny_model(family.value, output, seed=seed)}")
 
 
 @app.command("synth-data")
