@@ -12,7 +12,12 @@ from domainvlm.adapter_io import load_with_adapter
 from domainvlm.data.prompting import PromptFormat
 from domainvlm.data.records import Record, load_records
 from domainvlm.evaluation.generate import generate_answers
-from domainvlm.evaluation.metrics import abstention_rate, text_generation_metrics, vqa_accuracy
+from domainvlm.evaluation.metrics import (
+    abstention_rate,
+    is_closed_question,
+    text_generation_metrics,
+    vqa_accuracy,
+)
 from domainvlm.progress import Reporter
 from domainvlm.train.run_dir import write_json_atomic
 
@@ -23,7 +28,9 @@ def score(records: list[Record], predictions: list[str]) -> dict[str, Any]:
     types = [r.question_type for r in records]
     metrics: dict[str, Any] = {"vqa": vqa_accuracy(predictions, references,
                                                    types if all(types) else None)}
-    open_ids = [i for i, r in enumerate(records) if (r.question_type or "open") == "open"]
+    open_ids = [i for i, r in enumerate(records)
+                if (r.question_type or ("closed" if is_closed_question(r.answer) else "open"))
+                == "open"]
     if open_ids:
         metrics["open_text"] = text_generation_metrics([predictions[i] for i in open_ids],
                                                        [references[i] for i in open_ids])
