@@ -110,3 +110,26 @@ def test_multi_image_refused_where_family_takes_one(tiny_models):
     fmt = prompt_format(tiny_models("paligemma"))
     with pytest.raises(DataError, match="p:2.*one image"):
         encode_record(Record([scene(), scene()], "q", "a", "p:2"), fmt, 512)
+
+
+def test_unlisted_family_takes_the_generic_path(tiny_models):
+    """A model type not in the registry still trains if its processor has a chat template."""
+    from domainvlm.families import GENERIC
+
+    processor = AutoProcessor.from_pretrained(tiny_models("qwen2-vl"))
+    generic = PromptFormat.from_processor(processor, GENERIC)
+    listed = prompt_format(tiny_models("qwen2-vl"))
+    record = Record([scene()], "Which side?", "left", "g:1")
+    a, b = encode_record(record, generic, 512), encode_record(record, listed, 512)
+    assert torch.equal(a["labels"], b["labels"]) and torch.equal(a["input_ids"], b["input_ids"])
+    assert family_for("some_new_vlm") is GENERIC
+
+
+def test_generic_path_without_chat_template_says_what_is_missing(tiny_models):
+    from domainvlm.errors import ModelLoadError
+    from domainvlm.families import GENERIC
+
+    processor = AutoProcessor.from_pretrained(tiny_models("llava"))
+    processor.chat_template = None
+    with pytest.raises(ModelLoadError, match="no chat template.*processor.chat_template"):
+        PromptFormat.from_processor(processor, GENERIC)
