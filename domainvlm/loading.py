@@ -98,7 +98,13 @@ def load_processor(source: str, family: Family, resolution: dict[str, int] | Non
     """The model's processor, with resolution knobs (e.g. Qwen's max_pixels) applied."""
     from transformers import AutoProcessor
 
-    processor = AutoProcessor.from_pretrained(source)
+    try:
+        processor = AutoProcessor.from_pretrained(source)
+    except (OSError, ValueError, TypeError) as exc:
+        raise ModelLoadError(
+            f"cannot load the processor of {source}: {exc}. A model folder needs the processor "
+            "files too (processor.save_pretrained(folder))"
+        ) from exc
     for knob, value in (resolution or {}).items():
         key = family.resolution_keys.get(knob)
         if key is None:
