@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -76,7 +77,7 @@ def load_or_encode(records: list[Record], fmt: PromptFormat, max_length: int,
     if path.is_file():
         try:
             return torch.load(path, weights_only=True), True
-        except (RuntimeError, EOFError, OSError):
+        except (RuntimeError, EOFError, OSError, pickle.UnpicklingError):
             path.unlink(missing_ok=True)  # unreadable entry: rebuild it below
     samples = encode_records(records, fmt, max_length, progress)
     atomic_torch_save(samples, path)

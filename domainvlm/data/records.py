@@ -106,10 +106,15 @@ def _records_from_llava_json(path: Path) -> Iterable[Record]:
     for index, row in enumerate(rows):
         source = f"{path.name}[{index}]"
         turns = row.get("conversations") if isinstance(row, dict) else None
-        if not turns or len(turns) % 2:
+        if (not isinstance(turns, list) or not turns or len(turns) % 2
+                or not all(isinstance(turn, dict) for turn in turns)):
             raise DataError(f"{source}: `conversations` must hold human/gpt turn pairs")
         for pair in range(0, len(turns), 2):
             human, gpt = turns[pair], turns[pair + 1]
+            roles = (human.get("from"), gpt.get("from"))
+            if roles != ("human", "gpt"):
+                raise DataError(f"{source}.conversations[{pair}]: turns must go human then gpt, "
+                                f"found {roles[0]!r} then {roles[1]!r}")
             question = str(human.get("value", "")).replace("<image>", "").strip()
             yield _make_record(
                 {"image": row.get("image"), "question": question, "answer": gpt.get("value")},

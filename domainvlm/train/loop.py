@@ -54,10 +54,13 @@ def finetune(cfg: FinetuneConfig, reporter: Reporter | None = None) -> RunResult
     """Fine-tune `cfg.model` on `cfg.data`; writes the adapter under `cfg.output / "adapter"`."""
     import torch
     from accelerate import Accelerator
-    from accelerate.utils import set_seed
+    from accelerate.utils import DistributedDataParallelKwargs, set_seed
 
+    # LoRA in the vision tower can sit in layers the forward pass never reaches (LLaVA reads
+    # the second-to-last CLIP layer); DDP must then be told to expect unused parameters.
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=cfg.lora_targets != ["language"])
     accelerator = Accelerator(mixed_precision=_mixed_precision(cfg.mixed_precision),
-                              cpu=not torch.cuda.is_available())
+                              cpu=not torch.cuda.is_available(), kwargs_handlers=[ddp])
     reporter = reporter or Reporter(enabled=accelerator.is_main_process)
     world, rank = accelerator.num_processes, accelerator.process_index
     accumulation = _accumulation(cfg, world)

@@ -11,25 +11,27 @@ from pathlib import Path
 import pytest
 
 
-def finetune_args(model, data, output, cache) -> list[str]:
+def finetune_args(model, data, output, cache, targets) -> list[str]:
     return ["finetune", "--model", str(model), "--data", str(data), "--output", str(output),
             "--max-steps", "6", "--batch-size", "8", "--learning-rate", "5e-3",
-            "--lora-dropout", "0", "--cache-dir", str(cache)]
+            "--lora-dropout", "0", "--cache-dir", str(cache), "--lora-targets", targets]
 
 
 @pytest.mark.slow
-def test_two_processes_match_one(tiny_models, shapes_data, tmp_path):
+# With vision targets some LoRA layers get no gradient (LLaVA skips the last CLIP layer).
+@pytest.mark.parametrize("targets", ["language", "language,vision,projector"])
+def test_two_processes_match_one(tiny_models, shapes_data, tmp_path, targets):
     model, data, cache = tiny_models("llava"), shapes_data["train"], tmp_path / "cache"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     one, two = tmp_path / "one", tmp_path / "two"
     subprocess.run([sys.executable, "-m", "domainvlm.cli", *finetune_args(model, data, one,
-                                                                          cache)],
+                                                                          cache, targets)],
                    check=True, env=env, capture_output=True)
     accelerate = Path(sys.executable).with_name("accelerate")
     launched = subprocess.run(
         [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines",
          "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
-         "29533", "-m", "domainvlm.cli", *finetune_args(model, data, two, cache)],
+         "29533", "-m", "domainvlm.cli", *finetune_args(model, data, two, cache, targets)],
         env=env, capture_output=True, text=True, timeout=600)
     assert launched.returncode == 0, launched.stderr[-3000:]
     summary = json.loads((two / "run.json").read_text())["summary"]

@@ -1,0 +1,199 @@
+"""The processed-data cache: hits are exact, every input that matters is in the key."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoProcessor
+
+from domainvlm.data.cache import atomic_torch_save, data_fingerprint, load_or_encode
+from domainvlm.data.prompting import PromptFormat
+from domainvlm.data.records import Record
+from domainvlm.families import family_for
+from domainvlm.synth import Shape, draw_scene
+from domainvlm.tiny import build_tiny_model
+
+MAX_LENGTH = 512
+
+
+def prompt_format(folder: Path) -> PromptFormat:
+    family = family_for(AutoConfig.from_pretrained(folder).model_type)
+    return PromptFormat.from_processor(AutoProcessor.from_pretrained(folder), family)
+
+
+def write_scene(path: Path, colour: str, side: str = "left") -> Path:
+    draw_scene([Shape(colour, "square", side)], 64, random.Random(0)).save(path)
+    return path
+
+
+@pytest.fixture
+def records(tmp_path) -> list[Record]:
+    images = tmp_path / "images"
+    images.mkdir()
+    a = write_scene(images / "a.png", "red")
+    b = write_scene(images / "b.png", "blue", "right")
+    return [Record([a], "What colour is the square?", "red", "t.jsonl:1"),
+            Record([b], "Which side?", "right", "t.jsonl:2"),
+            Record([a, b], "Same colour?", "no", "t.jsonl:3")]
+
+
+@pytest.fixture
+def cache(tmp_path) -> Path:
+    return tmp_path / "cache"
+
+
+@pytest.fixture(scope="module")
+def llava(tiny_models) -> PromptFormat:
+    return prompt_format(tiny_models("llava"))
+
+
+def assert_same_samples(a: list[dict], b: list[dict]) -> None:
+    assert len(a) == len(b)
+    for x, y in zip(a, b, strict=True):
+        assert x.keys() == y.keys()
+        for key in x:
+            assert x[key].dtype == y[key].dtype, key
+            assert torch.equal(x[key], y[key]), key
+
+
+def files(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_second_call_is_a_hit_with_identical_tensors(records, llava, cache):
+    first, hit_first = load_or_encode(records, llava, MAX_LENGTH, cache_dir=cache)
+    assert hit_first is False
+    key = data_fingerprint(records, llava, MAX_LENGTH)
+    assert files(cache) == [f"{key}.pt"]
+    calls = []
+    second, hit_second = load_or_encode(records, llava, MAX_LENGTH, cache_dir=cache,
+                                        progress=lambda: calls.append(1))
+    assert hit_second is True
+    assert calls == []  # nothing was encoded again
+    assert_same_samples(first, second)
+    assert {"input_ids", "labels", "pixel_values"} <= set(second[0])
+
+
+def test_a_reloaded_processor_keeps_the_key(records, llava, tiny_models, tmp_path):
+    """Same processor files, loaded again or saved with other model weights: same key."""
+    key = data_fingerprint(records, llava, MAX_LENGTH)
+    assert data_fingerprint(records, prompt_format(tiny_models("llava")), MAX_LENGTH) == key
+    other_weights = build_tiny_model("llava", tmp_path / "llava-seed1", seed=1)
+    assert data_fingerprint(records, prompt_format(other_weights), MAX_LENGTH) == key
+
+
+def change_image_bytes(records, fmt, max_length, tmp_path):
+    write_scene(Path(records[1].images[0]), "green", "right")  # same path, new pixels
+    return records, fmt, max_length
+
+
+def change_answer(records, fmt, max_length, tmp_path):
+    records[0].answer = "dark red"
+    return records, fmt, max_length
+
+
+def change_question(records, fmt, max_length, tmp_path):
+    records[2].question = "Same shape?"
+    return records, fmt, max_length
+
+
+def change_image_list(records, fmt, max_length, tmp_path):
+    records[2].images = records[2].images[::-1]
+    return records, fmt, max_length
+
+
+def change_max_length(records, fmt, max_length, tmp_path):
+    return records, fmt, max_length + 1
+
+
+def change_resolution(records, fmt, max_length, tmp_path):
+    fmt.processor.image_processor.size = {"shortest_edge": 48}
+    fmt.processor.image_processor.crop_size = {"height": 48, "width": 48}
+    return records, fmt, max_length
+
+
+def change_family(records, fmt, max_length, tmp_path):
+    folder = build_tiny_model("llava-next", tmp_path / "llava-next")
+    return records, prompt_format(folder), max_length
+
+
+def drop_record(records, fmt, max_length, tmp_path):
+    return records[:2], fmt, max_length
+
+
+@pytest.mark.parametrize("change", [
+    change_image_bytes, change_answer, change_question, change_image_list, change_max_length,
+    change_resolution, change_family, drop_record,
+])
+def test_key_follows_every_input(records, tiny_models, cache, tmp_path, change):
+    fmt = prompt_format(tiny_models("llava"))  # a fresh one: some changes edit the processor
+    _, hit = load_or_encode(records, fmt, MAX_LENGTH, cache_dir=cache)
+    assert not hit
+    key = data_fingerprint(records, fmt, MAX_LENGTH)
+    records, fmt, max_length = change(records, fmt, MAX_LENGTH, tmp_path)
+    assert data_fingerprint(records, fmt, max_length) != key
+    after, hit = load_or_encode(records, fmt, max_length, cache_dir=cache)
+    assert not hit
+    assert len(files(cache)) == 2
+    again, hit = load_or_encode(records, fmt, max_length, cache_dir=cache)
+    assert hit
+    assert_same_samples(after, again)
+
+
+def test_changed_image_bytes_give_new_tensors(records, llava, cache):
+    before, _ = load_or_encode(records, llava, MAX_LENGTH, cache_dir=cache)
+    write_scene(Path(records[0].images[0]), "yellow")
+    after, hit = load_or_encode(records, llava, MAX_LENGTH, cache_dir=cache)
+    assert not hit
+    assert not torch.equal(before[0]["pixel_values"], after[0]["pixel_values"])
+    assert torch.equal(before[1]["pixel_values"], after[1]["pixel_values"])
+
+
+@pytest.mark.parametrize("corrupt", [
+    pytest.param(lambda data: b"", id="empty"),
+    pytest.param(lambda data: data[: len(data) // 2], id="truncated"),
+    pytest.param(lambda data: b"not a torch file " * 20, id="garbage"),
+    pytest.param(lambda data: data[:64] + bytes(len(data) - 64), id="zeroed-tail"),
+    pytest.param(lambda data: data[:200] + b"x" * 60 + data[260:], id="damaged-zip"),
+])
+def test_a_corrupt_entry_is_rebuilt(records, llava, cache, corrupt):
+    first, _ = load_or_encode(records, llava, MAX_LENGTH, cache_dir=cache)
+    [entry] = cache.iterdir()
+    entry.write_bytes(corrupt(entry.read_bytes()))
+    rebuilt, hit = load_or_encode(records, llava, MAX_LENGTH, cache_dir=cache)
+    assert hit is False
+    assert_same_samples(first, rebuilt)
+    assert files(cache) == [entry.name]
+    again, hit = load_or_encode(records, llava, MAX_LENGTH, cache_dir=cache)
+    assert hit is True
+    assert_same_samples(first, again)
+
+
+def test_no_temporary_files_after_runs(records, llava, cache):
+    load_or_encode(records, llava, MAX_LENGTH, cache_dir=cache)
+    load_or_encode(records[:1], llava, MAX_LENGTH, cache_dir=cache)
+    load_or_encode(records, llava, MAX_LENGTH, cache_dir=cache)
+    names = files(cache)
+    assert len(names) == 2
+    assert all(name.endswith(".pt") and not name.startswith(".") for name in names)
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_temp_file(tmp_path):
+    path = tmp_path / "entry.pt"
+    atomic_torch_save([{"x": torch.arange(3)}], path)
+    with pytest.raises(Exception, match="pickle"):
+        atomic_torch_save([{"x": torch.arange(5), "bad": lambda: None}], path)
+    assert files(tmp_path) == ["entry.pt"]
+    assert torch.equal(torch.load(path, weights_only=True)[0]["x"], torch.arange(3))
+
+
+def test_a_failed_rename_leaves_no_temp_file(tmp_path):
+    target = tmp_path / "taken.pt"
+    target.mkdir()  # a folder where the file should go: the final rename fails
+    with pytest.raises(OSError):
+        atomic_torch_save([{"x": torch.arange(3)}], target)
+    assert files(tmp_path) == ["taken.pt"]
+    assert target.is_dir()
