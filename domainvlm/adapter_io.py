@@ -52,6 +52,8 @@ def merge_adapter(adapter: str | Path, output: str | Path, *, base: str | None =
     if not is_adapter_folder(adapter):
         raise ModelLoadError(f"{adapter} is not an adapter folder (no adapter_config.json); "
                              "pass the `adapter` folder of a fine-tuning run")
+    if output.is_file():
+        raise OutputExistsError(f"output {output} is a file; choose a folder for --output")
     if output.exists() and any(output.iterdir()) and not overwrite:
         raise OutputExistsError(f"output folder {output} is not empty; pass --overwrite to "
                                 "replace it or choose another --output")

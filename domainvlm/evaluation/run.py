@@ -25,12 +25,11 @@ from domainvlm.train.run_dir import write_json_atomic
 def score(records: list[Record], predictions: list[str]) -> dict[str, Any]:
     """VQA accuracy by question type; text metrics on open questions; abstention if marked."""
     references = [r.answer for r in records]
-    types = [r.question_type for r in records]
-    metrics: dict[str, Any] = {"vqa": vqa_accuracy(predictions, references,
-                                                   types if all(types) else None)}
-    open_ids = [i for i, r in enumerate(records)
-                if (r.question_type or ("closed" if is_closed_question(r.answer) else "open"))
-                == "open"]
+    # A record's own type wins (VQA-RAD writes "CLOSED"); untyped ones go by their answer.
+    types = [str(r.question_type).strip().lower() if r.question_type
+             else "closed" if is_closed_question(r.answer) else "open" for r in records]
+    metrics: dict[str, Any] = {"vqa": vqa_accuracy(predictions, references, types)}
+    open_ids = [i for i, t in enumerate(types) if t == "open"]
     if open_ids:
         metrics["open_text"] = text_generation_metrics([predictions[i] for i in open_ids],
                                                        [references[i] for i in open_ids])
