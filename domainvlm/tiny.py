@@ -9,16 +9,48 @@ family's real special tokens, chat template and processor classes, so every SDK 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 FAMILIES = ("llava", "llava-next", "qwen2-vl", "qwen2.5-vl", "idefics3", "paligemma")
 
 _VOCAB_SIZE = 1500
-_HIDDEN = 64  # language-model width
-_TEXT = {"hidden_size": _HIDDEN, "intermediate_size": 2 * _HIDDEN, "num_hidden_layers": 2}
-_TEXT |= {"num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 2048}
-_VISION = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2}
+
+
+@dataclass(frozen=True)
+class ModelSize:
+    """Widths and depths of a tiny model (MLPs are 2x wide; 4 LM heads, 2 of them KV; 2 ViT heads).
+
+    `grid` multiplies the patches per image side, so image tokens grow by grid²: a 64 px LLaVA
+    image is 4x4 patches of 16 px at grid 1 and 8x8 patches of 8 px at grid 2.
+    """
+
+    hidden: int = 64  # language-model width
+    layers: int = 2  # language-model decoder layers
+    vision_hidden: int = 32
+    vision_layers: int = 2
+    grid: int = 1
+
+
+# "tiny" (~280 k parameters) for tests; "small" (~5 M, 64 image tokens for LLaVA at 64 px) gives
+# benchmarks a per-step cost dominated by the model rather than by Python overhead.
+SIZES = {
+    "tiny": ModelSize(),
+    "small": ModelSize(hidden=256, layers=6, vision_hidden=128, vision_layers=4, grid=2),
+}
+
+
+def _text_config(dims: ModelSize) -> dict[str, Any]:
+    return {"hidden_size": dims.hidden, "intermediate_size": 2 * dims.hidden,
+            "num_hidden_layers": dims.layers, "num_attention_heads": 4,
+            "num_key_value_heads": 2, "max_position_embeddings": 2048}
+
+
+def _vision_config(dims: ModelSize) -> dict[str, Any]:
+    return {"hidden_size": dims.vision_hidden, "intermediate_size": 2 * dims.vision_hidden,
+            "num_hidden_layers": dims.vision_layers}
+
 # LLaVA processors: CLIP's CLS feature is dropped ("default"), so tokens = (size / patch)^2.
 _LLAVA_PROC = {"vision_feature_select_strategy": "default", "num_additional_image_tokens": 1}
 
@@ -187,17 +219,18 @@ _IDEFICS3_TEMPLATE = (
 
 
 # --- shared model pieces -----------------------------------------------------------------------
-def _text_kwargs(tokenizer: Any, **extra: Any) -> dict[str, Any]:
-    """A 2-layer, 64-wide decoder whose special ids match the tokenizer."""
+def _text_kwargs(tokenizer: Any, dims: ModelSize, **extra: Any) -> dict[str, Any]:
+    """A decoder of `dims` whose special ids match the tokenizer."""
     ids = {f"{k}_token_id": getattr(tokenizer, f"{k}_token_id") for k in ("bos", "eos", "pad")}
-    return {"vocab_size": len(tokenizer), **_TEXT, **ids, **extra}
+    return {"vocab_size": len(tokenizer), **_text_config(dims), **ids, **extra}
 
 
-def _clip(size: int, patch: int) -> Any:
+def _clip(size: int, patch: int, dims: ModelSize) -> Any:
     from transformers import CLIPVisionConfig
 
     return CLIPVisionConfig(
-        **_VISION, num_attention_heads=2, image_size=size, patch_size=patch, projection_dim=32
+        **_vision_config(dims), num_attention_heads=2, image_size=size, patch_size=patch,
+        projection_dim=32,
     )
 
 
@@ -212,17 +245,17 @@ def _clip_processor(size: int, cls: Callable[..., Any] | None = None, **kwargs: 
 Built = tuple[Any, Any]
 
 
-def _llava(size: int) -> Built:
+def _llava(size: int, dims: ModelSize) -> Built:
     import transformers as tf
 
-    tok, patch = _llama_tokenizer(), size // 4
+    tok, patch = _llama_tokenizer(), size // (4 * dims.grid)
     images = _clip_processor(size)
     proc = tf.LlavaProcessor(
         images, tok, patch_size=patch, chat_template=_LLAVA_TEMPLATE, **_LLAVA_PROC
     )
     config = tf.LlavaConfig(
-        vision_config=_clip(size, patch),
-        text_config=tf.LlamaConfig(**_text_kwargs(tok)),
+        vision_config=_clip(size, patch, dims),
+        text_config=tf.LlamaConfig(**_text_kwargs(tok, dims)),
         image_token_index=tok.image_token_id,
         vision_feature_select_strategy="default",
         image_seq_length=(size // patch) ** 2,
@@ -230,18 +263,18 @@ def _llava(size: int) -> Built:
     return tf.LlavaForConditionalGeneration(config), proc
 
 
-def _llava_next(size: int) -> Built:
+def _llava_next(size: int, dims: ModelSize) -> Built:
     import transformers as tf
 
-    tok, patch = _llama_tokenizer(), size // 4
+    tok, patch = _llama_tokenizer(), size // (4 * dims.grid)
     pins = [[size, size], [size, 2 * size], [2 * size, size], [2 * size, 2 * size]]
     images = _clip_processor(size, tf.LlavaNextImageProcessor, image_grid_pinpoints=pins)
     proc = tf.LlavaNextProcessor(
         images, tok, patch_size=patch, chat_template=_LLAVA_NEXT_TEMPLATE, **_LLAVA_PROC
     )
     config = tf.LlavaNextConfig(
-        vision_config=_clip(size, patch),
-        text_config=tf.MistralConfig(**_text_kwargs(tok, head_dim=_HIDDEN // 4)),
+        vision_config=_clip(size, patch, dims),
+        text_config=tf.MistralConfig(**_text_kwargs(tok, dims, head_dim=dims.hidden // 4)),
         image_token_index=tok.image_token_id,
         image_grid_pinpoints=pins,
         image_seq_length=(size // patch) ** 2,
@@ -253,19 +286,22 @@ _QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start
 _QWEN_SPECIALS += ["<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>"]
 
 
-def _qwen(size: int, v25: bool) -> Built:
+def _qwen(size: int, dims: ModelSize, v25: bool) -> Built:
     """Qwen2-VL and Qwen2.5-VL share tokenizer, processors and text model; only the ViT differs."""
     import transformers as tf
 
     tok = _tokenizer(_QWEN_SPECIALS, eos_token="<|im_end|>", pad_token="<|endoftext|>")
-    patch, merge = max(size // 8, 1), 2
+    patch, merge = max(size // (8 * dims.grid), 1), 2
     pixels = {"shortest_edge": (size // 2) ** 2, "longest_edge": size**2}
     grid = {"patch_size": patch, "merge_size": merge, "temporal_patch_size": 2, "size": pixels}
     images, videos = tf.Qwen2VLImageProcessor(**grid), tf.Qwen2VLVideoProcessor(**grid)
-    vision = {"depth": 2, "num_heads": 2, "patch_size": patch, "spatial_merge_size": merge}
-    # mrope_section must sum to head_dim / 2 = (64 / 4 heads) / 2.
-    rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]}
-    text = _text_kwargs(tok, rope_parameters=rope, bos_token_id=tok.pad_token_id)
+    vision = {"depth": dims.vision_layers, "num_heads": 2, "patch_size": patch,
+              "spatial_merge_size": merge}
+    # mrope_section must sum to head_dim / 2 = (hidden / 4 heads) / 2: [2, 3, 3] at width 64.
+    half = dims.hidden // 8
+    section = [half // 4, (half - half // 4) // 2, half - half // 4 - (half - half // 4) // 2]
+    rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": section}
+    text = _text_kwargs(tok, dims, rope_parameters=rope, bos_token_id=tok.pad_token_id)
     # The config defaults are the real 151k-vocab ids; point them at ours.
     names = {"image": "image_pad", "video": "video_pad", "vision_start": "", "vision_end": ""}
     special = {
@@ -275,9 +311,9 @@ def _qwen(size: int, v25: bool) -> Built:
     if v25:
         vcfg = tf.Qwen2_5_VLVisionConfig(
             **vision,
-            hidden_size=32,
-            intermediate_size=64,
-            out_hidden_size=_HIDDEN,
+            hidden_size=dims.vision_hidden,
+            intermediate_size=2 * dims.vision_hidden,
+            out_hidden_size=dims.hidden,
             window_size=2 * patch * merge,
             fullatt_block_indexes=[1],
         )
@@ -286,7 +322,9 @@ def _qwen(size: int, v25: bool) -> Built:
         )
         proc_cls, model_cls = tf.Qwen2_5_VLProcessor, tf.Qwen2_5_VLForConditionalGeneration
     else:
-        vcfg = tf.Qwen2VLVisionConfig(**vision, embed_dim=32, hidden_size=_HIDDEN, mlp_ratio=2)
+        vcfg = tf.Qwen2VLVisionConfig(
+            **vision, embed_dim=dims.vision_hidden, hidden_size=dims.hidden, mlp_ratio=2
+        )
         config = tf.Qwen2VLConfig(
             vision_config=vcfg, text_config=tf.Qwen2VLTextConfig(**text), **special
         )
@@ -295,7 +333,7 @@ def _qwen(size: int, v25: bool) -> Built:
     return model_cls(config), proc
 
 
-def _idefics3(size: int) -> Built:
+def _idefics3(size: int, dims: ModelSize) -> Built:
     import transformers as tf
 
     # Without the <row_i_col_j> tokens the processor's tile markers would be silently split.
@@ -309,7 +347,7 @@ def _idefics3(size: int) -> Built:
         eos_token="<end_of_utterance>",
         pad_token="<|im_end|>",
     )
-    patch, scale = size // 4, 2
+    patch, scale = size // (4 * dims.grid), 2
     # Inputs are resized to 2*size and split into 2x2 tiles of `size` plus a global view.
     images = tf.Idefics3ImageProcessor(
         size={"longest_edge": 2 * size}, max_image_size={"longest_edge": size}
@@ -321,11 +359,11 @@ def _idefics3(size: int) -> Built:
         chat_template=_IDEFICS3_TEMPLATE,
     )
     vision = tf.Idefics3VisionConfig(
-        **_VISION, num_attention_heads=2, image_size=size, patch_size=patch
+        **_vision_config(dims), num_attention_heads=2, image_size=size, patch_size=patch
     )
     config = tf.Idefics3Config(
         vision_config=vision,
-        text_config=tf.LlamaConfig(**_text_kwargs(tok)),
+        text_config=tf.LlamaConfig(**_text_kwargs(tok, dims)),
         image_token_id=tok.convert_tokens_to_ids("<image>"),
         scale_factor=scale,
         pad_token_id=tok.pad_token_id,
@@ -333,7 +371,7 @@ def _idefics3(size: int) -> Built:
     return tf.Idefics3ForConditionalGeneration(config), proc
 
 
-def _paligemma(size: int) -> Built:
+def _paligemma(size: int, dims: ModelSize) -> Built:
     import transformers as tf
 
     tok = _tokenizer(
@@ -345,31 +383,33 @@ def _paligemma(size: int) -> Built:
         add_bos_token=True,
         extra_special_tokens={"image_token": "<image>"},
     )
-    patch = size // 4
+    patch = size // (4 * dims.grid)
     images = tf.SiglipImageProcessor(
         size={"height": size, "width": size}, image_seq_length=(size // patch) ** 2
     )
     proc = tf.PaliGemmaProcessor(images, tok)  # adds 1024 <locXXXX> + 128 <segXXX> tokens
     vision = tf.SiglipVisionConfig(
-        **_VISION, num_attention_heads=2, image_size=size, patch_size=patch
+        **_vision_config(dims), num_attention_heads=2, image_size=size, patch_size=patch
     )
-    text = tf.GemmaConfig(**_text_kwargs(tok, num_key_value_heads=1, head_dim=_HIDDEN // 4))
+    text = tf.GemmaConfig(
+        **_text_kwargs(tok, dims, num_key_value_heads=1, head_dim=dims.hidden // 4)
+    )
     config = tf.PaliGemmaConfig(
         vision_config=vision,
         text_config=text,
         image_token_index=tok.image_token_id,
         vocab_size=len(tok),
-        projection_dim=_HIDDEN,
-        hidden_size=_HIDDEN,
+        projection_dim=dims.hidden,
+        hidden_size=dims.hidden,
     )
     return tf.PaliGemmaForConditionalGeneration(config), proc
 
 
-_BUILDERS: dict[str, Callable[[int], Built]] = {
+_BUILDERS: dict[str, Callable[[int, ModelSize], Built]] = {
     "llava": _llava,
     "llava-next": _llava_next,
-    "qwen2-vl": lambda size: _qwen(size, v25=False),
-    "qwen2.5-vl": lambda size: _qwen(size, v25=True),
+    "qwen2-vl": lambda size, dims: _qwen(size, dims, v25=False),
+    "qwen2.5-vl": lambda size, dims: _qwen(size, dims, v25=True),
     "idefics3": _idefics3,
     "paligemma": _paligemma,
 }
@@ -382,29 +422,34 @@ tags: [domainvlm, tiny-random, test]
 # tiny-random-{family}
 
 A randomly initialised, tiny `{arch}` ({params:,} parameters) built offline by
-`domainvlm.tiny.build_tiny_model("{family}", seed={seed}, image_size={size})`, with a byte-level
+`{call}`, with a byte-level
 BPE tokenizer trained on a small built-in English corpus. It produces nonsense: use it only for
 tests and smoke runs, never for predictions.
 """
 
 
 def build_tiny_model(
-    family: str, output: Path | str, *, seed: int = 0, image_size: int = 64
+    family: str, output: Path | str, *, seed: int = 0, image_size: int = 64, size: str = "tiny"
 ) -> Path:
     """Write a tiny random `family` model, its processor and a model card to `output`.
 
     The result loads with `AutoModelForImageTextToText` / `AutoProcessor`; the same `seed`
-    gives byte-identical weights and tokenizer.
+    gives byte-identical weights and tokenizer. `size` picks one of `SIZES`.
     """
     if family not in _BUILDERS:
         raise ValueError(f"unknown model family {family!r}; valid families: {', '.join(FAMILIES)}")
-    if image_size < 16 or image_size % 16:
-        raise ValueError(f"image_size must be a positive multiple of 16, got {image_size}")
+    if size not in SIZES:
+        raise ValueError(f"unknown size {size!r}; valid sizes: {', '.join(SIZES)}")
+    dims = SIZES[size]
+    if image_size < 16 * dims.grid or image_size % (16 * dims.grid):
+        raise ValueError(
+            f"image_size must be a positive multiple of {16 * dims.grid}, got {image_size}"
+        )
     import torch
 
     with torch.random.fork_rng(devices=[]):  # seed locally, leave the caller's RNG alone
         torch.manual_seed(seed)
-        model, processor = _BUILDERS[family](image_size)
+        model, processor = _BUILDERS[family](image_size, dims)
     tok = processor.tokenizer
     gen = model.generation_config  # so generate() stops at the end-of-turn token
     gen.bos_token_id, gen.eos_token_id = tok.bos_token_id, tok.eos_token_id
@@ -414,8 +459,8 @@ def build_tiny_model(
     model.save_pretrained(out)
     processor.save_pretrained(out)
     params = sum(p.numel() for p in model.parameters())
-    card = _CARD.format(
-        family=family, arch=type(model).__name__, params=params, seed=seed, size=image_size
-    )
+    call = f'domainvlm.tiny.build_tiny_model("{family}", seed={seed}, image_size={image_size}'
+    call += f', size="{size}")' if size != "tiny" else ")"
+    card = _CARD.format(family=family, arch=type(model).__name__, params=params, call=call)
     (out / "README.md").write_text(card)
     return out

@@ -191,11 +191,20 @@ def _train_step(model, optimizer, accelerator, samples, batch_ids, world, rank, 
 
 
 def token_loss_sum(model, inputs: dict[str, Any]):
-    """Summed cross-entropy over answer tokens (the model shifts labels itself)."""
-    labels = inputs.pop("labels")
-    n = (labels[:, 1:] != IGNORE_INDEX).sum()
-    out = model(**inputs, labels=labels, num_items_in_batch=n)
-    return out.loss * n
+    """Summed cross-entropy over answer tokens.
+
+    The LM head runs only where the next token is trained (`logits_to_keep` as a boolean mask),
+    so the (B, L, V) logits tensor, the largest in a VLM step, is never built.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    labels = inputs.pop("labels")  # (B, L)
+    trained = labels[:, 1:] != IGNORE_INDEX  # (B, L-1): position t predicts token t+1
+    keep = torch.zeros_like(labels, dtype=torch.bool)
+    keep[:, :-1] = trained
+    logits = model(**inputs, logits_to_keep=keep).logits  # (N_answer, V)
+    return F.cross_entropy(logits.float(), labels[:, 1:][trained], reduction="sum")
 
 
 def evaluate_loss(model, samples, batch_size, pad_id, family, accelerator) -> float:
