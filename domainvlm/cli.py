@@ -178,6 +178,21 @@ def info_command(
         typer.echo(line)
 
 
+def _add_plugin_commands() -> None:
+    """Command groups of the other parts (e.g. `dicom` from domainvlm.medical).
+
+    They register under the `domainvlm.commands` entry-point group, so the core CLI needs no
+    import of them: the dependency points inward.
+    """
+    from importlib.metadata import entry_points
+
+    for entry in entry_points(group="domainvlm.commands"):
+        app.add_typer(entry.load(), name=entry.name)
+
+
+_add_plugin_commands()
+
+
 def main() -> None:
     from domainvlm.errors import DomainVLMError
 

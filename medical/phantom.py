@@ -25,7 +25,8 @@ FIELD_OF_VIEW_MM = (192.0, 320.0, 320.0)  # (z, y, x) extent the default spacing
 NOISE_HU = 10.0
 MAX_LESIONS = 3
 _SIDE_MARGIN_MM = 5.0  # a lesion's nearest edge keeps this far from the midline: one side only
-_EDGE_MARGIN_MM = 2.0  # and this far inside their organ
+_EDGE_MARGIN_VOXELS = 2.0  # and this many voxels (4-8 mm) inside their organ, so that the
+# tissue around them on every slice is the organ's
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,8 @@ class Lesion:
     hu: float
     centre_mm: tuple[float, float, float]  # (x, y, z) patient coordinates
     centre_voxel: tuple[int, int, int]  # (slice, row, column)
-    slice_range: tuple[int, int]  # first and last slice (inclusive) where it shows
+    slice_range: tuple[int, int]  # first and last slice (inclusive) where the lesion covers
+    # at least half as much of its centre voxel as on its centre slice: where it shows
 
 
 @dataclass
@@ -146,11 +148,13 @@ def make_patient(seed: int | np.random.Generator,
     lesions: list[Lesion] = []
     for _ in range(count):
         lesion = _place_lesion(rng, lesions, lungs, liver, shape, spacing, origin)
-        fraction = _sphere_fraction(lesion, shape, spacing, origin)
+        fraction = lesion_fraction(lesion, shape, spacing, origin)
         hu += fraction * (np.float32(lesion.hu) - hu)
-        visible = np.flatnonzero(fraction.reshape(nz, -1).max(axis=1) >= 0.25)
+        per_slice = fraction.reshape(nz, -1).max(axis=1)
+        visible = np.flatnonzero(per_slice >= per_slice.max() / 2)
         lesions.append(_replace_range(lesion, (int(visible[0]), int(visible[-1]))))
     hu += rng.normal(0.0, NOISE_HU, hu.shape).astype(np.float32)
+    np.rint(hu, out=hu)  # scanners store whole HU; the written series is then exact
     np.clip(hu, -1024.0, 3071.0, out=hu)
     truth = PatientTruth(shape=shape, spacing=spacing, origin=origin, lesions=lesions,
                          organs={k: v for k, v in organs.items() if v is not None})
@@ -173,18 +177,37 @@ def _slice_range(mask: np.ndarray) -> tuple[int, int] | None:
 
 
 def _place_lesion(rng, placed, lungs, liver, shape, spacing, origin) -> Lesion:
-    """Draw organ, size and a centre fully inside that organ, apart from earlier lesions."""
+    """Draw organ, size and a centre fully inside that organ, apart from earlier lesions.
+
+    A draw that does not fit (coarse grids, crowded organs) is redrawn a few times.
+    """
+    for _ in range(10):
+        organ = str(rng.choice(["lung", "liver"]))
+        size = str(rng.choice(list(DIAMETER_RANGES_MM)))
+        diameter = round(float(rng.uniform(*DIAMETER_RANGES_MM[size])), 1)
+        side = str(rng.choice(["left", "right"])) if organ == "lung" else "right"
+        container = lungs[side] if organ == "lung" else liver
+        centre = _find_centre(rng, diameter / 2, side, container,
+                              list(lungs.values()) if organ == "liver" else [], placed,
+                              shape, spacing, origin)
+        if centre is not None:
+            (k, j, i), (cx, cy, cz) = centre
+            return Lesion(organ=organ, side=side, diameter_mm=diameter,
+                          size_class=size_class(diameter), hu=LESION_HU[organ],
+                          centre_mm=(round(cx, 3), round(cy, 3), round(cz, 3)),
+                          centre_voxel=(k, j, i), slice_range=(k, k))
+    raise ValueError(f"cannot fit a {diameter} mm {organ} lesion in a volume of shape {shape} "
+                     f"with spacing {spacing} mm; use more slices or a larger spacing")
+
+
+def _find_centre(rng, radius, side, container, avoid, placed, shape, spacing, origin):
+    """A voxel centre ((k, j, i), (x, y, z) mm) where the sphere fits, or None."""
     nz, ny, nx = shape
     dz, dy, dx = spacing
-    organ = str(rng.choice(["lung", "liver"]))
-    size = str(rng.choice(list(DIAMETER_RANGES_MM)))
-    diameter = round(float(rng.uniform(*DIAMETER_RANGES_MM[size])), 1)
-    radius = diameter / 2
-    side = str(rng.choice(["left", "right"])) if organ == "lung" else "right"
-    container = lungs[side] if organ == "lung" else liver
+    margin = max(4.0, min(_EDGE_MARGIN_VOXELS * max(dy, dx), 8.0))
     z_low = origin[2] - dz / 2 + radius
     z_high = origin[2] + (nz - 0.5) * dz - radius
-    for _ in range(4000):
+    for _ in range(2000):
         point = [c + rng.uniform(-r, r) for c, r in zip(container.centre, container.radii,
                                                         strict=True)]
         k = int(round((point[2] - origin[2]) / dz))
@@ -197,23 +220,22 @@ def _place_lesion(rng, placed, lungs, liver, shape, spacing, origin) -> Lesion:
             continue
         if (cx > 0) != (side == "left"):
             continue
-        if not container.inside(cx, cy, cz, shrink=radius + _EDGE_MARGIN_MM):
+        if not container.inside(cx, cy, cz, shrink=radius + margin):
             continue
-        if organ == "liver" and any(lung.inside(cx, cy, cz, shrink=-(radius + _EDGE_MARGIN_MM))
-                                    for lung in lungs.values()):
+        if any(other.inside(cx, cy, cz, shrink=-(radius + margin)) for other in avoid):
             continue
         if any(np.linalg.norm(np.subtract((cx, cy, cz), other.centre_mm))
                < radius + other.diameter_mm / 2 + 5.0 for other in placed):
             continue
-        return Lesion(organ=organ, side=side, diameter_mm=diameter, size_class=size_class(diameter),
-                      hu=LESION_HU[organ], centre_mm=(round(cx, 3), round(cy, 3), round(cz, 3)),
-                      centre_voxel=(k, j, i), slice_range=(k, k))
-    raise ValueError(f"cannot fit a {diameter} mm {organ} lesion in a volume of shape {shape} "
-                     f"with spacing {spacing} mm; use more slices or a larger spacing")
+        return (k, j, i), (cx, cy, cz)
+    return None
 
 
-def _sphere_fraction(lesion: Lesion, shape, spacing, origin, sub: int = 4) -> np.ndarray:
-    """Fraction (0-1) of each voxel inside the lesion, float32 (slices, rows, columns)."""
+def lesion_fraction(lesion: Lesion, shape, spacing, origin, sub: int = 4) -> np.ndarray:
+    """Fraction (0-1) of each voxel inside the lesion, float32 (slices, rows, columns).
+
+    Supersampled `sub` times per axis: the partial volume a scanner would record.
+    """
     fraction = np.zeros(shape, np.float32)
     radius = lesion.diameter_mm / 2
     lo_hi = []

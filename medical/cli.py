@@ -1,0 +1,219 @@
+"""`domainvlm dicom ...`: inspect, render, de-identify and synthesise DICOM; build VQA data.
+
+Registered with the core CLI through the `domainvlm.commands` entry point. Nothing here prints
+patient attributes: tables show counts, geometry and coding, never names, ids or dates.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(
+    help="DICOM in: inspect, render, de-identify, synthesise CT, build VQA data.\n\n"
+    "Start with `domainvlm dicom info PATH` on a file, folder or .zip.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+
+
+@app.command("info")
+def info_command(
+    path: Annotated[Path, typer.Argument(help="A DICOM file, a folder (searched recursively) "
+                                         "or a .zip archive.")],
+) -> None:
+    """A table of the series found (modality, instances, frames, size, spacing, transfer
+    syntax); no patient attribute is shown."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from domainvlm.medical.errors import DicomError
+    from domainvlm.medical.io import iter_dicom
+
+    series: dict[str, list] = defaultdict(list)
+    for source in iter_dicom(path, stop_before_pixels=True):
+        series[str(source.dataset.get("SeriesInstanceUID", "?"))].append(source.dataset)
+    if not series:
+        raise DicomError(f"{path}: no DICOM files found")
+    table = Table(title=f"{sum(map(len, series.values()))} DICOM objects in {len(series)} series")
+    for column in ("#", "modality", "instances", "frames", "rows x cols", "pixel spacing",
+                   "slice thickness", "transfer syntax"):
+        table.add_column(column)
+    for number, datasets in enumerate(series.values(), 1):
+        first = datasets[0]
+        syntax = getattr(getattr(first, "file_meta", None), "TransferSyntaxUID", None)
+        frames = sum(int(d.get("NumberOfFrames", 1) or 1) for d in datasets)
+        spacing = first.get("PixelSpacing")
+        table.add_row(str(number), str(first.get("Modality", "?")), str(len(datasets)),
+                      str(frames), f"{first.get('Rows', '?')} x {first.get('Columns', '?')}",
+                      " x ".join(f"{float(v):g}" for v in spacing) if spacing else "-",
+                      f"{float(first.SliceThickness):g}" if first.get("SliceThickness") else "-",
+                      getattr(syntax, "name", str(syntax)))
+    Console().print(table)
+
+
+KeyOption = Annotated[str, typer.Option(
+    "--project-key", envvar="DOMAINVLM_PROJECT_KEY",
+    help="Secret of this project: fixes pseudonyms, remapped UIDs and date shifts, so the same "
+    "patient or UID maps to the same output in every run. Keep it out of version control.")]
+
+
+def _deid_config(project_key: str, remove_dates: bool, allow_burned_in: bool):
+    from domainvlm.medical.deid import DeidConfig
+
+    return DeidConfig(project_key=project_key, shift_dates=not remove_dates,
+                      allow_burned_in=allow_burned_in)
+
+
+def _progress(description: str, total: int | None = None):
+    from domainvlm.progress import Reporter
+
+    return Reporter().task(description, total=total)
+
+
+@app.command("deid")
+def deid_command(
+    source: Annotated[Path, typer.Argument(help="DICOM file, folder or .zip to de-identify.")],
+    output: Annotated[Path, typer.Argument(help="New folder for the de-identified files.")],
+    project_key: KeyOption,
+    remove_dates: Annotated[bool, typer.Option(
+        help="Empty dates and times instead of shifting them per patient.")] = False,
+    allow_burned_in: Annotated[bool, typer.Option(
+        help="Accept images marked BurnedInAnnotation=YES (pixels are never scrubbed).")] = False,
+) -> None:
+    """De-identify DICOM (PS3.15 Basic Profile, private tags removed, keyed UIDs and dates)
+    into OUTPUT/<study>/<series>/<instance>.dcm; the folder appears only when all is done."""
+    from domainvlm.medical.deid import deidentify_tree
+
+    config = _deid_config(project_key, remove_dates, allow_burned_in)
+    with _progress("de-identifying") as advance:
+        report = deidentify_tree(source, output, config, progress=advance)
+    typer.echo(f"{report.files_written} files, {report.series} series, {report.studies} studies, "
+               f"{report.patients} patients -> {output} (dates {report.dates})")
+
+
+@app.command("synth")
+def synth_command(
+    output: Annotated[Path, typer.Argument(help="New folder for the cohort.")],
+    patients: Annotated[int, typer.Option(min=1, help="How many patients.")] = 40,
+    seed: int = 0,
+    slices: Annotated[int, typer.Option(min=4, help="Slices per CT series.")] = 32,
+    size: Annotated[int, typer.Option(min=32, help="Rows and columns per slice.")] = 64,
+) -> None:
+    """Write a synthetic CT cohort: phantoms (body, lungs, liver, spine, 0-3 lesions) as real
+    DICOM series with fake PHI, ground_truth.jsonl, and labels.jsonl of questions about them
+    (presence, side, size, count, organ, and false-premise ones) for `dicom build-vqa`."""
+    import json
+
+    from domainvlm.medical.cohort import write_cohort
+    from domainvlm.medical.cohort_questions import cohort_questions
+
+    with _progress("writing patients", total=patients) as advance:
+        manifest = write_cohort(output, patients, seed=seed, shape=(slices, size, size),
+                                progress=advance)
+    labels = output / "labels.jsonl"
+    rows = cohort_questions(manifest.patients)
+    labels.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    typer.echo(f"{patients} patients, {len(rows)} questions -> {output} (labels: {labels})")
+
+
+@app.command("build-vqa")
+def build_vqa_command(
+    source: Annotated[str, typer.Argument(
+        help="DICOM folder, .zip or file; or a DICOMweb root URL (http://host/dicom-web).")],
+    labels: Annotated[Path, typer.Argument(
+        help="CSV/JSONL: study_uid and/or series_uid, question, answer, [answerable], "
+        "[question_type].")],
+    output: Annotated[Path, typer.Argument(help="New folder for {train,val,test}.jsonl + images.")],
+    project_key: KeyOption,
+    strategy: Annotated[str, typer.Option(help="montage | slices | mip")] = "montage",
+    count: Annotated[int, typer.Option(min=1, help="Slices per montage / images per record.")] = 9,
+    plane: Annotated[str, typer.Option(help="MIP plane: axial | coronal | sagittal")] = "axial",
+    window: Annotated[str, typer.Option(
+        help="composite (lung/mediastinum/bone as RGB), a preset (lung, mediastinum, "
+        "soft_tissue, bone, brain, liver) or CENTER,WIDTH.")] = "composite",
+    image_size: Annotated[int, typer.Option(min=0, help="Longer image side in px (0: keep).")] = 0,
+    split: Annotated[str, typer.Option(
+        help="train,val,test fractions by patient.")] = "0.8,0.1,0.1",
+    seed: int = 0,
+    remove_dates: bool = False,
+) -> None:
+    """Turn labelled DICOM studies into VQA data for `domainvlm finetune`: de-identified,
+    rendered, split by patient (no patient in two splits)."""
+    from domainvlm.errors import ConfigError
+    from domainvlm.medical.vqa import ViewSpec, build_vqa, folder_fetcher
+
+    try:
+        fractions = dict(zip(("train", "val", "test"), map(float, split.split(",")), strict=True))
+    except ValueError:
+        raise ConfigError(f"--split {split!r}: give three fractions, e.g. 0.8,0.1,0.1") from None
+    views = ViewSpec(strategy=strategy, count=count, plane=plane, window=window,
+                     image_size=image_size or None)
+    if source.startswith(("http://", "https://")):
+        from domainvlm.medical.pacs import PacsClient
+
+        fetch = PacsClient(source).series_fetcher()
+    else:
+        with _progress("indexing DICOM") as advance:
+            fetch = folder_fetcher(Path(source), progress=advance)
+    with _progress("building VQA data") as advance:
+        report = build_vqa(fetch, labels, output,
+                           deid=_deid_config(project_key, remove_dates, False), views=views,
+                           fractions=fractions, seed=seed, progress=advance)
+    for name, n in report.records.items():
+        typer.echo(f"{name}: {n} questions from {report.patients[name]} patients "
+                   f"-> {output / (name + '.jsonl')}")
+
+
+@app.command("render")
+def render_command(
+    source: Annotated[Path, typer.Argument(help="DICOM file, folder or .zip (one series).")],
+    output: Annotated[Path, typer.Argument(help="PNG file to write.")],
+    strategy: Annotated[str, typer.Option(help="montage | slices | mip")] = "montage",
+    count: Annotated[int, typer.Option(min=1)] = 9,
+    plane: Annotated[str, typer.Option(help="MIP plane: axial | coronal | sagittal")] = "axial",
+    window: Annotated[str, typer.Option(
+        help="tags (the file's own VOI), composite, a preset, or CENTER,WIDTH.")] = "tags",
+) -> None:
+    """Render a series (or a single image) as PNG the way a model will see it; with
+    `--strategy slices`, one PNG per slice (OUTPUT-0.png, ...)."""
+    from PIL import Image
+
+    from domainvlm.atomic import write_bytes
+    from domainvlm.medical.io import iter_dicom, read_frames
+    from domainvlm.medical.render import render_frame
+    from domainvlm.medical.series import group_series, load_volume
+    from domainvlm.medical.vqa import ViewSpec, render_views
+
+    sources = list(iter_dicom(source))
+    groups = group_series(sources)
+    if len(groups) != 1:
+        from domainvlm.medical.errors import DicomError
+
+        raise DicomError(f"{source}: holds {len(groups)} series; point at one series' folder "
+                         "(see `domainvlm dicom info`)")
+    single = len(sources) == 1 and int(sources[0].dataset.get("NumberOfFrames", 1) or 1) == 1
+    if single:
+        ds = sources[0].dataset
+        images = [render_frame(ds, read_frames(ds, sources[0].name)[0],
+                               None if window == "tags" else window, name=sources[0].name)]
+    else:
+        spec = ViewSpec(strategy=strategy, count=count, plane=plane,
+                        window="mediastinum" if window == "tags" else window)
+        volume = load_volume(sources)
+        if window == "tags" and volume.window is not None:
+            spec = ViewSpec(strategy=strategy, count=count, plane=plane,
+                            window=f"{volume.window.center},{volume.window.width}")
+        images = [view.image for view in render_views(volume, spec)]
+    paths = [output] if len(images) == 1 else [
+        output.with_name(f"{output.stem}-{k}{output.suffix}") for k in range(len(images))]
+    for path, image in zip(paths, images, strict=True):
+        import io
+
+        buffer = io.BytesIO()
+        Image.fromarray(image).save(buffer, format="PNG")
+        write_bytes(path, buffer.getvalue())
+        typer.echo(f"{path}  {image.shape[1]}x{image.shape[0]}")

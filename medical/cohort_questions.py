@@ -1,0 +1,58 @@
+"""Questions and answers about a synthetic CT patient, read off its ground truth.
+
+They cover presence, count, side, organ and size class, and questions whose premise is false
+("How large is the lesion in the liver?" when there is none): their answer states the absence
+and they are marked `answerable: false`, so evaluation can measure abstention. The rows form a
+label file (keyed by the series UID as written) that `domainvlm.medical.vqa` turns into VQA data,
+the same path a hospital's label file takes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from domainvlm.medical.cohort import CohortPatient
+from domainvlm.medical.phantom import Lesion
+
+ORGAN_WORDS = {"lung": "lungs", "liver": "liver"}
+FINDING_WORDS = {"lung": "lung nodule", "liver": "liver lesion"}
+COUNT_WORDS = ("zero", "one", "two", "three", "four", "five")
+ABSENT = "There is none."
+
+
+def patient_questions(patient: CohortPatient) -> list[dict]:
+    """Label rows for one patient: question, answer, question_type, answerable, series_uid."""
+    lesions = patient.truth.lesions
+    rows: list[tuple[str, str, str, bool]] = []
+    for organ in ("lung", "liver"):
+        found = [lesion for lesion in lesions if lesion.organ == organ]
+        finding = FINDING_WORDS[organ]
+        rows.append((f"Is there a {finding}?", "yes" if found else "no", "closed", True))
+        if found:
+            rows.append((f"Which side is the {finding} on?", _sides(found), "closed", True))
+            rows.append((f"How large is the {finding}?", _size(found), "open", True))
+        else:
+            rows.append((f"Which side is the {finding} on?", ABSENT, "open", False))
+            rows.append((f"How large is the {finding}?", ABSENT, "open", False))
+    rows.append(("How many lesions are there?", COUNT_WORDS[len(lesions)], "open", True))
+    organs = sorted({lesion.organ for lesion in lesions})
+    rows.append(("Which organ has a lesion?",
+                 " and ".join(ORGAN_WORDS[o] for o in organs) if organs else ABSENT,
+                 "open", bool(organs)))
+    return [{"series_uid": patient.series_uid, "study_uid": patient.study_uid,
+             "question": q, "answer": a, "question_type": t, "answerable": ok}
+            for q, a, t, ok in rows]
+
+
+def cohort_questions(patients: Iterable[CohortPatient]) -> list[dict]:
+    return [row for patient in patients for row in patient_questions(patient)]
+
+
+def _sides(found: list[Lesion]) -> str:
+    sides = {lesion.side for lesion in found}
+    return "both" if len(sides) == 2 else sides.pop()
+
+
+def _size(found: list[Lesion]) -> str:
+    """The size class of the largest one: what a report would lead with."""
+    return max(found, key=lambda lesion: lesion.diameter_mm).size_class

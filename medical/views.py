@@ -1,0 +1,243 @@
+"""Turn a Volume into the 2-D images a vision-language model reads, and remember their source.
+
+Three strategies: `even_slices` (n slices spread over the stack), `mip` (maximum-intensity
+projection onto the axial, coronal or sagittal plane) and `montage` (n slices tiled in one
+grid). Every `View` names the plane, the volume slice indices and SOP Instance UIDs it used and
+the window, so an answer about an image can point back to the DICOM it came from.
+
+Images are shown the way radiologists read them, whatever the acquisition orientation:
+axial with anterior up and the patient's right on the image left, coronal with the head up
+and the patient's right on the left, sagittal with the head up and anterior on the left.
+Pixels are resampled to be square in millimetres, so a coronal MIP of 5 mm slices is not
+squashed. Windowing is `domainvlm.medical.render`'s.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from domainvlm.medical.render import Window, apply_window, resolve_window, to_uint8
+from domainvlm.medical.series import Volume
+
+PLANES = ("axial", "coronal", "sagittal")
+_PLANE_NORMAL = {"axial": 2, "coronal": 1, "sagittal": 0}  # patient axis (x, y, z) across it
+# (patient axis down the image rows, +1 if rows grow along it), then the same for columns.
+# LPS: +x patient left, +y posterior, +z head.
+_DISPLAY = {"axial": ((1, 1), (0, 1)), "coronal": ((2, -1), (0, 1)),
+            "sagittal": ((2, -1), (1, 1))}
+WindowLike = str | tuple[float, float] | Window | None
+
+
+@dataclass
+class View:
+    """One image for a model, and exactly what it shows.
+
+    `image` is uint8 (rows, cols). `slice_indices` are volume indices (0-based, along the
+    stack); `sop_instance_uids` and `frame_numbers` are aligned with them. `tiles` gives, for
+    each slice of a montage or single slice, its box (x0, y0, x1, y1) in the image; it is empty
+    for a projection, where every pixel mixes all slices. `pixel_mm` is the size of one image
+    pixel in millimetres (square).
+    """
+
+    image: np.ndarray
+    plane: str
+    slice_indices: tuple[int, ...]
+    sop_instance_uids: tuple[str, ...]
+    frame_numbers: tuple[int | None, ...]
+    window: Window
+    description: str
+    pixel_mm: float
+    tiles: tuple[tuple[int, int, int, int], ...] = ()
+
+    def to_pil(self):
+        from PIL import Image
+
+        return Image.fromarray(self.image)
+
+    def slice_at(self, x: int, y: int) -> int | None:
+        """The volume slice index shown at image pixel (x, y); None off the tiles."""
+        for index, (x0, y0, x1, y1) in zip(self.slice_indices, self.tiles, strict=False):
+            if x0 <= x < x1 and y0 <= y < y1:
+                return index
+        return None
+
+
+def pick_slices(count: int, n: int) -> list[int]:
+    """`n` indices spread evenly over `count` slices: the centre of each of n equal parts."""
+    if count < 1 or n < 1:
+        raise ValueError(f"need at least one slice and n >= 1; got {count} slices, n={n}")
+    if n >= count:
+        return list(range(count))
+    return [int((i + 0.5) * count / n) for i in range(n)]
+
+
+def acquisition_plane(volume: Volume) -> str:
+    """The anatomical plane nearest to the slices: the one the normal is most across."""
+    axis = int(np.argmax(np.abs(volume.normal)))
+    return {2: "axial", 1: "coronal", 0: "sagittal"}[axis]
+
+
+def even_slices(volume: Volume, n: int, window: WindowLike = None) -> list[View]:
+    """`n` slices of the stack evenly spread (all of them if n >= slices), one View each."""
+    win = _window(volume, window)
+    plane = acquisition_plane(volume)
+    views = []
+    for k in pick_slices(volume.shape[0], n):
+        unit, pixel_mm = _display_slice(volume, k, plane, win)
+        image = to_uint8(unit)
+        views.append(View(
+            image=image, plane=plane, slice_indices=(k,),
+            sop_instance_uids=(volume.sop_instance_uids[k],),
+            frame_numbers=(volume.frame_numbers[k],), window=win,
+            description=f"{plane} slice {_numbers(volume, [k])}, window {_win_text(win)}",
+            pixel_mm=pixel_mm, tiles=((0, 0, image.shape[1], image.shape[0]),)))
+    return views
+
+
+def mip(volume: Volume, plane: str, window: WindowLike = None) -> View:
+    """Maximum-intensity projection of the whole volume onto `plane`, square pixels."""
+    if plane not in PLANES:
+        raise ValueError(f"plane must be one of {', '.join(PLANES)}; got {plane!r}")
+    win = _window(volume, window)
+    directions = _axis_directions(volume)
+    across = int(np.argmax(np.abs(directions[:, _PLANE_NORMAL[plane]])))
+    projected = volume.values.max(axis=across)
+    remaining = [a for a in range(3) if a != across]
+    unit, pixel_mm = _to_display(apply_window(projected, *win), remaining, plane, volume)
+    count = volume.shape[0]
+    what = ("its slices" if across == 0 else
+            f"the {'rows' if across == 1 else 'columns'} of all slices")
+    return View(
+        image=to_uint8(unit), plane=plane, slice_indices=tuple(range(count)),
+        sop_instance_uids=volume.sop_instance_uids, frame_numbers=volume.frame_numbers,
+        window=win, pixel_mm=pixel_mm,
+        description=(f"{plane} maximum-intensity projection across {what} ({count} slices, "
+                     f"{volume.positions[0]:.1f} to {volume.positions[-1]:.1f} mm), "
+                     f"window {_win_text(win)}, {pixel_mm:.3g} mm pixels"))
+
+
+def montage(volume: Volume, n: int, columns: int | None = None, window: WindowLike = None,
+            *, tile_size: int | None = None, gap: int = 2) -> View:
+    """`n` evenly spread slices tiled left to right, then top to bottom, in one image.
+
+    `columns` defaults to a near-square grid; `tile_size` scales each tile so its longer side
+    has that many pixels; tiles are separated by `gap` pixels of mid grey (128), which no
+    windowed tissue is mistaken for at a glance.
+    """
+    win = _window(volume, window)
+    plane = acquisition_plane(volume)
+    indices = pick_slices(volume.shape[0], n)
+    columns = columns or math.ceil(math.sqrt(len(indices)))
+    if columns < 1:
+        raise ValueError(f"columns must be >= 1; got {columns}")
+    columns = min(columns, len(indices))
+    rows = math.ceil(len(indices) / columns)
+    tiles, pixel_mm = [], 0.0
+    for k in indices:
+        unit, pixel_mm = _display_slice(volume, k, plane, win)
+        if tile_size:
+            scale = tile_size / max(unit.shape)
+            unit = _resize(unit, (max(1, round(unit.shape[0] * scale)),
+                                  max(1, round(unit.shape[1] * scale))))
+            pixel_mm /= scale
+        tiles.append(to_uint8(unit))
+    height, width = tiles[0].shape
+    image = np.full((rows * height + (rows - 1) * gap, columns * width + (columns - 1) * gap),
+                    128, np.uint8)
+    boxes = []
+    for position, tile in enumerate(tiles):
+        y0 = (position // columns) * (height + gap)
+        x0 = (position % columns) * (width + gap)
+        image[y0:y0 + height, x0:x0 + width] = tile
+        boxes.append((x0, y0, x0 + width, y0 + height))
+    return View(
+        image=image, plane=plane, slice_indices=tuple(indices),
+        sop_instance_uids=tuple(volume.sop_instance_uids[k] for k in indices),
+        frame_numbers=tuple(volume.frame_numbers[k] for k in indices), window=win,
+        pixel_mm=pixel_mm, tiles=tuple(boxes),
+        description=(f"montage of {plane} slices {_numbers(volume, indices)} in {rows} row"
+                     f"{'s' if rows > 1 else ''} of {columns}, left to right then top to "
+                     f"bottom, window {_win_text(win)}"))
+
+
+def windowed_volume(volume: Volume, window: WindowLike = None) -> np.ndarray:
+    """The whole volume through a window: float32 (z, y, x) in [0, 1], as a model input.
+
+    Windowed slice by slice: the same numbers as one call on the whole array, without a
+    float64 copy of the volume (8 bytes per voxel) in memory at once.
+    """
+    win = _window(volume, window)
+    out = np.empty(volume.values.shape, np.float32)
+    for k, values in enumerate(volume.values):
+        out[k] = apply_window(values, *win)
+    return out
+
+
+# --- helpers ------------------------------------------------------------------------------------
+def _window(volume: Volume, window: WindowLike) -> Window:
+    """The requested window; else the one in the DICOM tags; else the values' full range."""
+    if window is not None:
+        return resolve_window(window)
+    if volume.window is not None:
+        return resolve_window(volume.window)
+    low, high = float(volume.values.min()), float(volume.values.max())
+    return resolve_window(((low + high) / 2, max(high - low, 1.0)))
+
+
+def _axis_directions(volume: Volume) -> np.ndarray:
+    """(3, 3): patient direction (x, y, z) of volume axes k, j, i."""
+    orientation = np.asarray(volume.orientation)
+    return np.stack([np.asarray(volume.normal), orientation[3:], orientation[:3]])
+
+
+def _display_slice(volume: Volume, k: int, plane: str, win: Window) -> tuple[np.ndarray, float]:
+    return _to_display(apply_window(volume.values[k], *win), [1, 2], plane, volume)
+
+
+def _to_display(unit: np.ndarray, axes: Sequence[int], plane: str,
+                volume: Volume) -> tuple[np.ndarray, float]:
+    """Orient a 2-D image over volume `axes` for reading in `plane`; square pixels.
+
+    Returns the [0, 1] image and its pixel size in mm.
+    """
+    directions = _axis_directions(volume)
+    (down, down_sign), (right, right_sign) = _DISPLAY[plane]
+    vertical = max(axes, key=lambda a: abs(directions[a, down]))
+    horizontal = next(a for a in axes if a != vertical)
+    if list(axes).index(vertical) == 1:
+        unit = unit.T
+    if np.sign(directions[vertical, down]) != down_sign:
+        unit = unit[::-1]
+    if np.sign(directions[horizontal, right]) != right_sign:
+        unit = unit[:, ::-1]
+    sizes = (volume.spacing[vertical], volume.spacing[horizontal])
+    pixel = min(sizes)
+    shape = (max(1, round(unit.shape[0] * sizes[0] / pixel)),
+             max(1, round(unit.shape[1] * sizes[1] / pixel)))
+    if shape != unit.shape:
+        unit = _resize(unit, shape)
+    return np.ascontiguousarray(unit, dtype=np.float32), float(pixel)
+
+
+def _resize(unit: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of a float image to (rows, cols), values kept in [0, 1]."""
+    from PIL import Image
+
+    image = Image.fromarray(np.ascontiguousarray(unit, dtype=np.float32))
+    resized = image.resize((shape[1], shape[0]), Image.Resampling.BILINEAR)
+    return np.clip(np.asarray(resized, dtype=np.float32), 0.0, 1.0)
+
+
+def _numbers(volume: Volume, indices: Sequence[int]) -> str:
+    """'5, 13, 21 of 24 (at 10.0, 30.0, 50.0 mm)': 1-based like a viewer's slice counter."""
+    numbers = ", ".join(str(k + 1) for k in indices)
+    positions = ", ".join(f"{volume.positions[k]:.1f}" for k in indices)
+    return f"{numbers} of {volume.shape[0]} (at {positions} mm)"
+
+
+def _win_text(win: Window) -> str:
+    return f"center {win.center:g} / width {win.width:g}"

@@ -1,0 +1,238 @@
+"""DICOM + a label file -> the core engine's VQA JSONL, de-identified and split by patient.
+
+The path every scan takes: find the labelled series (in a folder, zip or a PACS), de-identify
+each data set, stack the series into a volume, render it into images (`ViewSpec`), and write
+records that point back to the slices they show. Only de-identified values (pseudonymous
+patient ids, remapped UIDs) reach the output; the whole output folder appears at once or not
+at all. Splits never share a patient.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter, defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from domainvlm.atomic import new_folder
+from domainvlm.errors import ConfigError, DataError
+from domainvlm.medical.deid import DeidConfig, deidentify
+from domainvlm.medical.io import DicomSource
+from domainvlm.medical.labels import LabelRow, read_labels
+from domainvlm.medical.render import resolve_window
+from domainvlm.medical.series import Volume, load_volume
+from domainvlm.medical.splits import DEFAULT_FRACTIONS, split_patients
+from domainvlm.medical.views import View, even_slices, mip, montage
+
+COMPOSITE = ("lung", "mediastinum", "bone")  # red, green, blue
+
+
+@dataclass(frozen=True)
+class ViewSpec:
+    """How a volume becomes the images of one record.
+
+    strategy: `montage` (one image of `count` evenly spread slices), `slices` (`count` images),
+    `mip` (one maximum-intensity projection onto `plane`). window: a preset name, "C,W", or
+    three windows joined by "+" ("lung+liver+bone") as the red, green and blue channels, so one
+    image carries what a radiologist reads in three; `composite` is "lung+mediastinum+bone".
+    `image_size`: longer side in px.
+    """
+
+    strategy: Literal["montage", "slices", "mip"] = "montage"
+    count: int = 9
+    plane: Literal["axial", "coronal", "sagittal"] = "axial"
+    window: str = "composite"
+    image_size: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.strategy not in ("montage", "slices", "mip"):
+            raise ConfigError(f"view strategy must be montage, slices or mip; got "
+                              f"{self.strategy!r}")
+        if self.count < 1:
+            raise ConfigError(f"view count must be at least 1; got {self.count}")
+        windows = composite_windows(self.window)
+        if len(windows) not in (1, 3):
+            raise ConfigError(f"window {self.window!r}: give one window or three joined by '+'")
+        for window in windows:
+            window_of(window)
+
+
+def composite_windows(window: str) -> tuple[str, ...]:
+    return COMPOSITE if window == "composite" else tuple(window.split("+"))
+
+
+def window_of(text: str) -> Any:
+    """A preset name or "center,width" -> render.Window (ConfigError names valid presets)."""
+    if "," in text:
+        try:
+            center, width = (float(v) for v in text.split(","))
+        except ValueError:
+            raise ConfigError(f"window {text!r}: use a preset name or CENTER,WIDTH") from None
+        return resolve_window((center, width))
+    return resolve_window(text)
+
+
+def render_views(volume: Volume, spec: ViewSpec) -> list[View]:
+    """The images of `volume` that one record shows (RGB when the window is composite)."""
+    import numpy as np
+
+    windows = composite_windows(spec.window)
+    per_window = [_strategy(volume, spec, window_of(w)) for w in windows]
+    views = []
+    for parts in zip(*per_window, strict=True):
+        image = np.stack([p.image for p in parts], axis=-1) if len(parts) > 1 else parts[0].image
+        view = parts[0]
+        description = view.description
+        if len(parts) > 1:
+            description = description.rsplit(", window", 1)[0] + (
+                f", RGB = {', '.join(windows)} windows")
+        views.append(View(image=_resize(image, spec.image_size), plane=view.plane,
+                          slice_indices=view.slice_indices,
+                          sop_instance_uids=view.sop_instance_uids,
+                          frame_numbers=view.frame_numbers, window=view.window,
+                          description=description, pixel_mm=view.pixel_mm, tiles=view.tiles))
+    return views
+
+
+def _strategy(volume: Volume, spec: ViewSpec, window: Any) -> list[View]:
+    if spec.strategy == "slices":
+        return even_slices(volume, spec.count, window)
+    if spec.strategy == "mip":
+        return [mip(volume, spec.plane, window)]
+    return [montage(volume, spec.count, window=window)]
+
+
+def _resize(image: Any, size: int | None) -> Any:
+    if not size or max(image.shape[:2]) == size:
+        return image
+    import numpy as np
+    from PIL import Image
+
+    scale = size / max(image.shape[:2])
+    shape = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
+    return np.asarray(Image.fromarray(image).resize(shape, Image.Resampling.LANCZOS))
+
+
+@dataclass
+class BuildReport:
+    """What a build wrote: counts only, nothing that identifies a patient."""
+
+    output: str
+    records: dict[str, int] = field(default_factory=dict)
+    patients: dict[str, int] = field(default_factory=dict)
+    series: int = 0
+    images: int = 0
+    unanswerable: int = 0
+
+
+SeriesFetcher = Callable[[str | None, str | None], list[DicomSource]]
+
+
+def build_vqa(fetch: SeriesFetcher, labels: Path | Sequence[LabelRow], output: Path, *,
+              deid: DeidConfig, views: ViewSpec | None = None,
+              fractions: Mapping[str, float] = DEFAULT_FRACTIONS, seed: int = 0,
+              progress: Callable[[int], None] | None = None) -> BuildReport:
+    """Write `output/{split}.jsonl`, `output/images/`, `output/build.json`.
+
+    `fetch(study_uid, series_uid)` returns the DICOM of one series, as stored (see
+    `folder_fetcher` and `domainvlm.medical.pacs`); each label row names its scan by original
+    UIDs. `progress(1)` after each series.
+    """
+    views = views or ViewSpec()
+    rows = read_labels(labels) if isinstance(labels, str | Path) else list(labels)
+    if not rows:
+        raise DataError("no label rows: nothing to build")
+    by_scan: dict[tuple[str | None, str | None], list[LabelRow]] = defaultdict(list)
+    for row in rows:
+        by_scan[(row.study_uid, row.series_uid)].append(row)
+    report = BuildReport(output=str(output))
+    records: list[dict[str, Any]] = []
+    with new_folder(output) as partial:
+        for number, ((study, series), questions) in enumerate(by_scan.items(), 1):
+            found = fetch(study, series)
+            if not found:
+                raise DataError(f"{questions[0].source}: no DICOM series matches this row's "
+                                "study_uid / series_uid")
+            cleaned = [DicomSource(f"series {number} file {k + 1}",
+                                   deidentify(s.dataset, deid, name=f"series {number}"))
+                       for k, s in enumerate(found)]
+            volume = load_volume(cleaned, name=f"series {number}")
+            patient = str(cleaned[0].dataset.PatientID)
+            images = _write_images(render_views(volume, views), partial, volume.series_uid)
+            report.images += len(images)
+            report.series += 1
+            for question in questions:
+                records.append(_record(question, images, volume, patient))
+            if progress is not None:
+                progress(1)
+        assignment = split_patients([r["patient"] for r in records], fractions, seed)
+        for name in fractions:
+            chosen = [r for r in records if assignment[r["patient"]] == name]
+            lines = "".join(json.dumps(r, sort_keys=True) + "\n" for r in chosen)
+            (partial / f"{name}.jsonl").write_text(lines, encoding="utf-8")
+            report.records[name] = len(chosen)
+            report.patients[name] = len({r["patient"] for r in chosen})
+        report.unanswerable = sum(not r["answerable"] for r in records)
+        build = {"views": views.__dict__, "fractions": dict(fractions), "seed": seed,
+                 "deid": {"dates": "shifted" if deid.shift_dates else "removed"},
+                 "question_types": dict(Counter(r["question_type"] for r in records)),
+                 **report.__dict__}
+        (partial / "build.json").write_text(json.dumps(build, indent=2) + "\n")
+    return report
+
+
+def _write_images(views: list[View], folder: Path, series_uid: str) -> list[dict[str, Any]]:
+    """Save each view as PNG; return its relative path and provenance."""
+    target = folder / "images" / series_uid
+    target.mkdir(parents=True, exist_ok=True)
+    saved = []
+    for k, view in enumerate(views):
+        path = target / f"view-{k}.png"
+        view.to_pil().save(path)
+        saved.append({"path": str(path.relative_to(folder)), "plane": view.plane,
+                      "slices": list(view.slice_indices),
+                      "sop_instance_uids": list(view.sop_instance_uids),
+                      "description": view.description})
+    return saved
+
+
+def _record(row: LabelRow, images: list[dict[str, Any]], volume: Volume,
+            patient: str) -> dict[str, Any]:
+    return {"image": [image["path"] for image in images], "question": row.question,
+            "answer": row.answer, "question_type": row.question_type or _guess_type(row.answer),
+            "answerable": row.answerable, "patient": patient, "study_uid": volume.study_uid,
+            "series_uid": volume.series_uid,
+            "views": [{k: v for k, v in image.items() if k != "path"} for image in images]}
+
+
+def _guess_type(answer: str) -> str:
+    return "closed" if answer.strip().lower() in ("yes", "no") else "open"
+
+
+def folder_fetcher(source: Path, progress: Callable[[int], None] | None = None
+                   ) -> SeriesFetcher:
+    """Index every DICOM object under `source` (folder, zip, file) by study and series UID.
+
+    A row keyed by study only takes the study's largest series (most objects).
+    """
+    from domainvlm.medical.io import iter_dicom
+
+    series: dict[str, list[DicomSource]] = defaultdict(list)
+    study_of: dict[str, str] = {}
+    for item in iter_dicom(Path(source)):
+        uid = str(item.dataset.get("SeriesInstanceUID", ""))
+        series[uid].append(item)
+        study_of[uid] = str(item.dataset.get("StudyInstanceUID", ""))
+        if progress is not None:
+            progress(1)
+
+    def fetch(study_uid: str | None, series_uid: str | None) -> list[DicomSource]:
+        if series_uid:
+            found = series.get(series_uid, [])
+            return found if not study_uid or study_of.get(series_uid) == study_uid else []
+        candidates = [uid for uid, study in study_of.items() if study == study_uid]
+        return max((series[uid] for uid in candidates), key=len, default=[])
+
+    return fetch

@@ -1,0 +1,94 @@
+"""`domainvlm dicom ...` end to end through the installed command: output, exit codes, no PHI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from domainvlm.medical.io import iter_dicom
+
+
+def cli(*args: object, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "domainvlm.cli", "dicom", *map(str, args)],
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "COLUMNS": "200", **(env or {})})
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("cli") / "cohort"
+    result = cli("synth", folder, "--patients", 3, "--slices", 8, "--size", 32, "--seed", 5)
+    assert result.returncode == 0, result.stderr
+    assert "3 patients, 24 questions" in result.stdout
+    return folder
+
+
+def phi_of(folder: Path) -> list[str]:
+    ds = next(iter_dicom(folder)).dataset
+    return [str(ds.PatientName).split("^")[0], str(ds.PatientID), str(ds.AccessionNumber),
+            str(ds.InstitutionName), str(ds.StudyInstanceUID)]
+
+
+def test_info_lists_series_without_phi(cohort):
+    result = cli("info", cohort)
+    assert result.returncode == 0, result.stderr
+    assert "24 DICOM objects in 3 series" in result.stdout
+    assert "CT" in result.stdout and "32 x 32" in result.stdout
+    assert not [v for v in phi_of(cohort) if v in result.stdout + result.stderr]
+
+
+def test_render_writes_png(cohort, tmp_path):
+    from PIL import Image
+
+    out = tmp_path / "scan.png"
+    result = cli("render", cohort / "patient-0000", out, "--window", "composite", "--count", 4)
+    assert result.returncode == 0, result.stderr
+    assert Image.open(out).mode == "RGB"
+    result = cli("render", cohort / "patient-0000", tmp_path / "s.png", "--strategy", "slices",
+                 "--count", 2)
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in tmp_path.glob("s-*.png")) == ["s-0.png", "s-1.png"]
+
+
+def test_render_refuses_several_series(cohort, tmp_path):
+    result = cli("render", cohort, tmp_path / "x.png")
+    assert result.returncode == 2
+    assert "holds 3 series" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_deid_then_build_vqa(cohort, tmp_path):
+    env = {"DOMAINVLM_PROJECT_KEY": "cli-key"}
+    result = cli("deid", cohort, tmp_path / "clean", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "24 files, 3 series, 3 studies, 3 patients" in result.stdout
+    blob = b"".join(p.read_bytes() for p in (tmp_path / "clean").rglob("*.dcm"))
+    assert not [v for v in phi_of(cohort) if v.encode() in blob]
+    again = cli("deid", cohort, tmp_path / "clean", env=env)
+    assert again.returncode == 2 and "already exists" in again.stderr
+    result = cli("build-vqa", cohort, cohort / "labels.jsonl", tmp_path / "vqa",
+                 "--split", "0.67,0,0.33", env=env)
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(x) for x in (tmp_path / "vqa" / "train.jsonl").read_text().splitlines()]
+    assert len(rows) == 16 and {r["question_type"] for r in rows} == {"closed", "open"}
+
+
+@pytest.mark.parametrize("args, message", [
+    (("deid", "{cohort}", "{tmp}/o"), "Missing option '--project-key'"),
+    (("deid", "{tmp}/nothing", "{tmp}/o", "--project-key", "k"), "no such file or folder"),
+    (("info", "{tmp}"), "no DICOM files found"),
+    (("build-vqa", "{cohort}", "{cohort}/labels.jsonl", "{tmp}/o", "--project-key", "k",
+      "--window", "sunset"), "unknown window preset"),
+    (("build-vqa", "{cohort}", "{cohort}/labels.jsonl", "{tmp}/o", "--project-key", "k",
+      "--split", "0.5,0.5"), "give three fractions"),
+])
+def test_bad_input_is_one_line_and_exit_2(cohort, tmp_path, args, message):
+    result = cli(*(a.format(cohort=cohort, tmp=tmp_path) for a in args))
+    assert result.returncode == 2
+    assert message.lower() in result.stderr.lower()
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "o").exists()

@@ -1,0 +1,191 @@
+"""Volume to VLM images: the right pixels, read the radiologist's way, traceable to their slices."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from domainvlm.medical.ct_writer import SeriesSpec, write_ct_series
+from domainvlm.medical.render import PRESETS, Window, apply_window, to_uint8
+from domainvlm.medical.series import Volume, load_volume
+from domainvlm.medical.views import (
+    acquisition_plane,
+    even_slices,
+    mip,
+    montage,
+    pick_slices,
+    windowed_volume,
+)
+
+SOFT = Window(40.0, 400.0)
+NZ, NY, NX = 10, 12, 14  # unequal, so a swapped axis changes the shape
+
+
+def patient(seed: int = 0) -> np.ndarray:
+    """HU on a 1 mm patient grid H[z, y, x] (LPS), every voxel distinct enough to trace."""
+    return np.random.default_rng(seed).integers(-200, 300, (NZ, NY, NX)).astype(np.float32)
+
+
+# The same patient acquired four ways; `stored` maps H to what each scanner writes (k, j, i).
+# Voxel (k, j, i) lies at origin + i*row + j*col + k*normal, with 1 mm everywhere.
+ACQUISITIONS = {
+    "axial": ((1, 0, 0, 0, 1, 0), (0, 0, 0), lambda h: h),
+    "axial, rotated 180": ((-1, 0, 0, 0, -1, 0), (NX - 1, NY - 1, 0),
+                           lambda h: h[:, ::-1, ::-1]),
+    "sagittal": ((0, 1, 0, 0, 0, -1), (NX - 1, 0, NZ - 1),
+                 lambda h: np.transpose(h, (2, 0, 1))[::-1, ::-1, :]),
+    "coronal": ((1, 0, 0, 0, 0, -1), (0, 0, NZ - 1),
+                lambda h: np.transpose(h, (1, 0, 2))[:, ::-1, :]),
+}
+
+
+def write(folder: Path, hu: np.ndarray, **spec) -> Volume:
+    write_ct_series(hu, folder, SeriesSpec(study_uid="2.25.9", series_uid="2.25.9.1", **spec))
+    return load_volume(folder)
+
+
+@pytest.fixture(scope="module")
+def acquired(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Volume]:
+    h = patient()
+    root = tmp_path_factory.mktemp("acquisitions")
+    return {name: write(root / name.replace(" ", "_").replace(",", ""), stored(h),
+                        orientation=tuple(float(v) for v in orientation),
+                        origin=tuple(float(v) for v in origin), spacing=(1.0, 1.0, 1.0))
+            for name, (orientation, origin, stored) in ACQUISITIONS.items()}
+
+
+def shown(values: np.ndarray, window: Window = SOFT) -> np.ndarray:
+    return to_uint8(apply_window(values, *window))
+
+
+@pytest.mark.parametrize(("count", "n", "expected"), [
+    (24, 3, [4, 12, 20]),
+    (10, 1, [5]),
+    (10, 4, [1, 3, 6, 8]),
+    (5, 5, [0, 1, 2, 3, 4]),
+    (5, 9, [0, 1, 2, 3, 4]),  # asking for more gives every slice once
+])
+def test_pick_slices_spreads_evenly(count: int, n: int, expected: list[int]) -> None:
+    assert pick_slices(count, n) == expected
+
+
+@pytest.mark.parametrize(("count", "n"), [(0, 3), (5, 0)])
+def test_pick_slices_refuses_nothing(count: int, n: int) -> None:
+    with pytest.raises(ValueError, match="at least one slice"):
+        pick_slices(count, n)
+
+
+def test_acquisition_plane_follows_the_normal(acquired: dict[str, Volume]) -> None:
+    planes = {name: acquisition_plane(v) for name, v in acquired.items()}
+    assert planes == {"axial": "axial", "axial, rotated 180": "axial",
+                      "sagittal": "sagittal", "coronal": "coronal"}
+
+
+# What a radiologist sees of H: axial anterior up and patient right on the left; coronal and
+# sagittal head up (z flipped), patient right / anterior on the left.
+EXPECTED_MIP = {
+    "axial": lambda h: h.max(axis=0),
+    "coronal": lambda h: h.max(axis=1)[::-1],
+    "sagittal": lambda h: h.max(axis=2)[::-1],
+}
+
+
+@pytest.mark.parametrize("acquisition", list(ACQUISITIONS))
+@pytest.mark.parametrize("plane", list(EXPECTED_MIP))
+def test_mip_shows_the_patient_the_same_whatever_the_acquisition(
+        acquired: dict[str, Volume], acquisition: str, plane: str) -> None:
+    volume = acquired[acquisition]
+    view = mip(volume, plane, SOFT)
+    assert view.image.dtype == np.uint8
+    assert np.array_equal(view.image, shown(EXPECTED_MIP[plane](patient())))
+    assert view.plane == plane and view.window == SOFT and view.pixel_mm == 1.0
+    assert view.slice_indices == tuple(range(volume.shape[0]))
+    assert view.sop_instance_uids == volume.sop_instance_uids and view.tiles == ()
+    assert view.description.startswith(f"{plane} maximum-intensity projection")
+
+
+def test_even_slices_of_a_rotated_acquisition_are_shown_upright(
+        acquired: dict[str, Volume]) -> None:
+    h = patient()
+    for name in ("axial", "axial, rotated 180"):
+        views = even_slices(acquired[name], 3, "soft_tissue")
+        assert [v.slice_indices for v in views] == [(1,), (5,), (8,)]
+        for view in views:
+            assert np.array_equal(view.image, shown(h[view.slice_indices[0]]))
+
+
+def test_even_slices_point_back_to_their_dicom(acquired: dict[str, Volume]) -> None:
+    volume = acquired["axial"]
+    views = even_slices(volume, 3, "lung")
+    assert [v.slice_indices for v in views] == [(1,), (5,), (8,)]
+    for view in views:
+        (k,) = view.slice_indices
+        assert view.sop_instance_uids == (volume.sop_instance_uids[k],)
+        assert view.frame_numbers == (None,) and view.window == PRESETS["lung"]
+        assert view.tiles == ((0, 0, NX, NY),) and view.slice_at(3, 3) == k
+        assert view.image.shape == (NY, NX)
+    assert views[1].description == ("axial slice 6 of 10 (at 5.0 mm), window center -600 / "
+                                    "width 1500")
+    assert views[0].to_pil().size == (NX, NY)
+
+
+def test_window_defaults_to_the_tags(acquired: dict[str, Volume]) -> None:
+    volume = acquired["axial"]
+    assert mip(volume, "axial").window == volume.window == SOFT
+    bare = Volume(**{**volume.__dict__, "window": None})
+    full = mip(bare, "axial")  # no tags: the values' full range
+    low, high = float(volume.values.min()), float(volume.values.max())
+    assert full.window == Window((low + high) / 2, high - low)
+
+
+def test_mip_resamples_to_square_millimetres(tmp_path: Path) -> None:
+    """Pixels take the finer of the two spacings shown, the coarser axis is stretched."""
+    hu = np.full((6, 16, 8), -1000.0, np.float32)  # 24 mm tall (z), 16 mm deep (y), 16 wide
+    hu[2, 4, 3] = 500.0  # one bright voxel: where it lands checks scaling and flips
+    volume = write(tmp_path / "s", hu, spacing=(4.0, 1.0, 2.0))
+    # plane: (image shape, mm per pixel, rows and columns where the bright voxel must show)
+    expected = {"axial": ((16, 16), 1.0, range(4, 5), range(6, 8)),
+                "coronal": ((12, 8), 2.0, range(6, 8), range(3, 4)),
+                "sagittal": ((24, 16), 1.0, range(12, 16), range(4, 5))}
+    for plane, (shape, pixel_mm, rows, cols) in expected.items():
+        view = mip(volume, plane, SOFT)
+        assert view.image.shape == shape and view.pixel_mm == pixel_mm, plane
+        bright = np.argwhere(view.image == view.image.max())
+        assert {int(r) for r in bright[:, 0]} <= set(rows), (plane, bright)
+        assert {int(c) for c in bright[:, 1]} <= set(cols), (plane, bright)
+
+
+def test_montage_tiles_left_to_right_and_maps_back(acquired: dict[str, Volume]) -> None:
+    volume = acquired["axial"]
+    view = montage(volume, 5, columns=3, window=SOFT, gap=2)
+    assert view.slice_indices == (1, 3, 5, 7, 9)
+    assert view.image.shape == (2 * NY + 2, 3 * NX + 2 * 2)
+    singles = {v.slice_indices[0]: v.image for v in even_slices(volume, 5, SOFT)}
+    for k, (x0, y0, x1, y1) in zip(view.slice_indices, view.tiles, strict=True):
+        assert np.array_equal(view.image[y0:y1, x0:x1], singles[k])
+        assert view.slice_at(x0, y0) == k and view.slice_at(x1 - 1, y1 - 1) == k
+    assert view.tiles[3] == (0, NY + 2, NX, 2 * NY + 2)  # second row starts at the left
+    assert view.slice_at(NX, 0) is None  # the gap
+    assert np.all(view.image[NY + 2:, 2 * (NX + 2):] == 128)  # the empty sixth cell
+    assert view.sop_instance_uids == tuple(volume.sop_instance_uids[k] for k in (1, 3, 5, 7, 9))
+    assert "in 2 rows of 3" in view.description and "2, 4, 6, 8, 10 of 10" in view.description
+
+
+def test_montage_tile_size_and_default_grid(acquired: dict[str, Volume]) -> None:
+    view = montage(acquired["axial"], 4, tile_size=7, window=SOFT, gap=0)
+    assert view.image.shape == (2 * 6, 2 * 7)  # 12 x 14 tiles scaled to 6 x 7, 2 x 2 grid
+    assert view.pixel_mm == pytest.approx(2.0)
+
+
+def test_windowed_volume_matches_one_window_call(acquired: dict[str, Volume]) -> None:
+    volume = acquired["sagittal"]
+    unit = windowed_volume(volume, "bone")
+    assert unit.dtype == np.float32 and unit.shape == volume.shape
+    assert np.array_equal(unit, apply_window(volume.values, *PRESETS["bone"]))
+
+
+def test_unknown_plane_is_refused(acquired: dict[str, Volume]) -> None:
+    with pytest.raises(ValueError, match="axial, coronal, sagittal"):
+        mip(acquired["axial"], "oblique", SOFT)

@@ -1,0 +1,221 @@
+"""DICOM + labels -> VQA data: de-identified, rendered, split by patient, pointing back."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from domainvlm.errors import ConfigError, DataError, OutputExistsError
+from domainvlm.medical.cohort import read_ground_truth, write_cohort
+from domainvlm.medical.cohort_questions import ABSENT, cohort_questions, patient_questions
+from domainvlm.medical.deid import DeidConfig, remap_uid
+from domainvlm.medical.io import iter_dicom
+from domainvlm.medical.labels import LabelRow, read_labels, read_public_vqa
+from domainvlm.medical.splits import split_patients
+from domainvlm.medical.vqa import ViewSpec, build_vqa, folder_fetcher
+
+KEY = "test-project-key"
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("cohort") / "cohort"
+    manifest = write_cohort(folder, 10, seed=3, shape=(16, 48, 48))
+    rows = cohort_questions(manifest.patients)
+    (folder / "labels.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def built(cohort, tmp_path_factory) -> Path:
+    output = tmp_path_factory.mktemp("vqa") / "vqa"
+    build_vqa(folder_fetcher(cohort), cohort / "labels.jsonl", output,
+              deid=DeidConfig(project_key=KEY), views=ViewSpec(count=4))
+    return output
+
+
+def records(folder: Path) -> dict[str, list[dict]]:
+    return {split: [json.loads(line) for line in (folder / f"{split}.jsonl").read_text()
+                    .splitlines()] for split in ("train", "val", "test")}
+
+
+def test_every_question_lands_once_and_no_patient_is_in_two_splits(cohort, built):
+    by_split = records(built)
+    labels = read_labels(cohort / "labels.jsonl")
+    assert sum(map(len, by_split.values())) == len(labels)
+    patients = {split: {r["patient"] for r in rows} for split, rows in by_split.items()}
+    assert all(patients.values())
+    assert not patients["train"] & patients["val"]
+    assert not patients["train"] & patients["test"]
+    assert not patients["val"] & patients["test"]
+    build = json.loads((built / "build.json").read_text())
+    assert build["records"] == {k: len(v) for k, v in by_split.items()}
+
+
+def test_records_point_back_to_deidentified_slices_and_images_exist(cohort, built):
+    manifest = read_ground_truth(cohort)
+    truth_by_series = {remap_uid(p.series_uid, KEY): p for p in manifest.patients}
+    deid_sops = set()
+    for rows in records(built).values():
+        for row in rows:
+            assert row["series_uid"] in truth_by_series  # remapped, consistently
+            (image,) = row["image"]
+            assert (built / image).is_file()
+            (view,) = row["views"]
+            assert len(view["slices"]) == len(view["sop_instance_uids"]) == 4
+            deid_sops.update(view["sop_instance_uids"])
+    originals = {str(s.dataset.SOPInstanceUID) for s in iter_dicom(cohort)}
+    assert deid_sops and not deid_sops & originals
+    assert deid_sops <= {remap_uid(uid, KEY) for uid in originals}
+
+
+def test_no_planted_phi_reaches_the_output(cohort, built):
+    planted = set()
+    for source in iter_dicom(cohort):
+        ds = source.dataset
+        for keyword in ("PatientName", "PatientID", "AccessionNumber", "InstitutionName",
+                        "ReferringPhysicianName", "OperatorsName", "PatientAddress",
+                        "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
+            planted.add(str(ds.get(keyword)).split("^")[0])
+    planted.discard("")
+    blobs = b"".join(p.read_bytes() for p in built.rglob("*") if p.is_file())
+    blobs += "".join(str(p) for p in built.rglob("*")).encode()
+    found = [value for value in planted if value.encode() in blobs]
+    assert found == []
+
+
+def test_answers_follow_the_ground_truth(cohort, built):
+    truth = {remap_uid(p.series_uid, KEY): p.truth for p in read_ground_truth(cohort).patients}
+    for rows in records(built).values():
+        for row in rows:
+            lesions = truth[row["series_uid"]].lesions
+            if row["question"] == "How many lesions are there?":
+                assert row["answer"] == ["zero", "one", "two", "three"][len(lesions)]
+            if row["question"] == "Is there a liver lesion?":
+                assert row["answer"] == ("yes" if any(x.organ == "liver" for x in lesions)
+                                         else "no")
+
+
+def test_the_image_is_an_rgb_composite_of_three_windows(built):
+    from PIL import Image
+
+    row = records(built)["train"][0]
+    image = np.asarray(Image.open(built / row["image"][0]))
+    assert image.ndim == 3 and image.shape[-1] == 3
+    assert not np.array_equal(image[..., 0], image[..., 1])  # lung vs mediastinum window
+    assert "lung, mediastinum, bone" in row["views"][0]["description"]
+
+
+@pytest.mark.parametrize("spec, n_images", [
+    (ViewSpec(strategy="slices", count=3, window="lung"), 3),
+    (ViewSpec(strategy="mip", plane="coronal", window="bone"), 1),
+    (ViewSpec(strategy="montage", count=4, window="40,400", image_size=64), 1),
+])
+def test_view_strategies(cohort, tmp_path, spec, n_images):
+    labels = [r for r in read_labels(cohort / "labels.jsonl")][:2]
+    build_vqa(folder_fetcher(cohort), labels, tmp_path / "out",
+              deid=DeidConfig(project_key=KEY), views=spec, fractions={"train": 1.0})
+    (row, *_) = records_of(tmp_path / "out" / "train.jsonl")
+    assert len(row["image"]) == n_images
+    if spec.image_size:
+        from PIL import Image
+
+        assert max(Image.open(tmp_path / "out" / row["image"][0]).size) == spec.image_size
+
+
+def records_of(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_a_label_without_a_matching_series_names_its_line(cohort, tmp_path):
+    labels = tmp_path / "labels.csv"
+    labels.write_text("series_uid,question,answer\n1.2.3.4,Is there a lesion?,no\n")
+    with pytest.raises(DataError, match=r"labels.csv:2: no DICOM series matches"):
+        build_vqa(folder_fetcher(cohort), labels, tmp_path / "out",
+                  deid=DeidConfig(project_key=KEY))
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_study_label_takes_the_study_and_output_is_never_overwritten(cohort, built, tmp_path):
+    patient = read_ground_truth(cohort).patients[0]
+    rows = [LabelRow("Is there a lung nodule?", "yes", "x:1", study_uid=patient.study_uid)]
+    build_vqa(folder_fetcher(cohort), rows, tmp_path / "one",
+              deid=DeidConfig(project_key=KEY), fractions={"test": 1.0})
+    (row,) = records_of(tmp_path / "one" / "test.jsonl")
+    assert row["series_uid"] == remap_uid(patient.series_uid, KEY)
+    with pytest.raises(OutputExistsError):
+        build_vqa(folder_fetcher(cohort), rows, built, deid=DeidConfig(project_key=KEY))
+
+
+# --- label files ------------------------------------------------------------------------------
+@pytest.mark.parametrize("name, text, message", [
+    ("a.csv", "question,answer\nq?,a\n", r"a.csv:2: needs `study_uid` or `series_uid`"),
+    ("a.csv", "series_uid,question,answer\n1.2,q?, \n", r"a.csv:2: `answer` is missing"),
+    ("a.jsonl", '{"series_uid": "1", "question": "q", "answer": "a", "answerable": "maybe"}',
+     "answerable must be true or false"),
+    ("a.jsonl", '{"series_uid": "1", "question": "q", "answer": "a", "question_type": "mcq"}',
+     "question_type must be closed or open"),
+    ("a.jsonl", "{not json", r"a.jsonl:1: not JSON"),
+    ("a.jsonl", "", "holds no questions"),
+    ("a.txt", "x", "use .csv or .jsonl"),
+])
+def test_bad_label_files(tmp_path, name, text, message):
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(DataError, match=message):
+        read_labels(path)
+
+
+def test_label_csv_reads_flags(tmp_path):
+    path = tmp_path / "labels.csv"
+    path.write_text("study_uid,question,answer,answerable,question_type\n"
+                    "1.2,How big is the cyst?,There is none.,false,OPEN\n")
+    (row,) = read_labels(path)
+    assert (row.study_uid, row.series_uid, row.answerable, row.question_type) == (
+        "1.2", None, False, "open")
+
+
+def test_vqa_rad_and_slake_json(tmp_path):
+    rad = tmp_path / "rad.json"
+    rad.write_text(json.dumps([
+        {"image_name": "synpic1.jpg", "question": "Is there a mass?", "answer": "yes",
+         "answer_type": "CLOSED"},
+        {"image_name": "synpic1.jpg", "question": "Where?", "answer": "left lung",
+         "answer_type": "OPEN"}]))
+    slake = tmp_path / "slake.json"
+    slake.write_text(json.dumps([
+        {"img_name": "xmlab1/source.jpg", "question": "Which organ?", "answer": "liver",
+         "answer_type": "OPEN", "q_lang": "en"},
+        {"img_name": "xmlab1/source.jpg", "question": "哪个器官?", "answer": "肝",
+         "answer_type": "OPEN", "q_lang": "zh"}]))
+    a, b = read_public_vqa(rad)
+    assert (a["question_type"], b["question_type"], a["patient"]) == ("closed", "open",
+                                                                       "synpic1.jpg")
+    assert a["image"] == str(tmp_path / "synpic1.jpg")
+    (c,) = read_public_vqa(slake, image_root=tmp_path / "imgs")
+    assert c["patient"] == "xmlab1" and c["image"] == str(tmp_path / "imgs/xmlab1/source.jpg")
+
+
+# --- splits and questions ---------------------------------------------------------------------
+def test_split_is_deterministic_order_free_and_proportional():
+    patients = [f"p{i}" for i in range(50)]
+    first = split_patients(patients, seed=1)
+    assert first == split_patients(list(reversed(patients)), seed=1)
+    assert first != split_patients(patients, seed=2)
+    counts = {s: list(first.values()).count(s) for s in ("train", "val", "test")}
+    assert counts == {"train": 40, "val": 5, "test": 5}
+    with pytest.raises(ConfigError):
+        split_patients(patients, {"train": -1.0})
+
+
+def test_false_premise_questions_state_absence(cohort):
+    for patient in read_ground_truth(cohort).patients:
+        organs = {lesion.organ for lesion in patient.truth.lesions}
+        for row in patient_questions(patient):
+            if not row["answerable"]:
+                assert row["answer"] == ABSENT
+            if "liver lesion" in row["question"] and row["question"] != "Is there a liver lesion?":
+                assert row["answerable"] == ("liver" in organs)
