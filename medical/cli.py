@@ -144,7 +144,8 @@ def build_vqa_command(
     """Turn labelled DICOM studies into VQA data for `domainvlm finetune`: de-identified,
     rendered, split by patient (no patient in two splits)."""
     from domainvlm.errors import ConfigError
-    from domainvlm.medical.vqa import ViewSpec, build_vqa, folder_fetcher
+    from domainvlm.medical.sources import folder_fetcher, pacs_fetcher
+    from domainvlm.medical.vqa import ViewSpec, build_vqa
 
     try:
         fractions = dict(zip(("train", "val", "test"), map(float, split.split(",")), strict=True))
@@ -155,7 +156,7 @@ def build_vqa_command(
     if source.startswith(("http://", "https://")):
         from domainvlm.medical.pacs import PacsClient
 
-        fetch = PacsClient(source).series_fetcher()
+        fetch = pacs_fetcher(PacsClient(source))
     else:
         with _progress("indexing DICOM") as advance:
             fetch = folder_fetcher(Path(source), progress=advance)

@@ -23,6 +23,7 @@ from domainvlm.medical.io import DicomSource
 from domainvlm.medical.labels import LabelRow, read_labels
 from domainvlm.medical.render import resolve_window
 from domainvlm.medical.series import Volume, load_volume
+from domainvlm.medical.sources import SeriesFetcher
 from domainvlm.medical.splits import DEFAULT_FRACTIONS, split_patients
 from domainvlm.medical.views import View, even_slices, mip, montage
 
@@ -127,9 +128,6 @@ class BuildReport:
     unanswerable: int = 0
 
 
-SeriesFetcher = Callable[[str | None, str | None], list[DicomSource]]
-
-
 def build_vqa(fetch: SeriesFetcher, labels: Path | Sequence[LabelRow], output: Path, *,
               deid: DeidConfig, views: ViewSpec | None = None,
               fractions: Mapping[str, float] = DEFAULT_FRACTIONS, seed: int = 0,
@@ -137,8 +135,8 @@ def build_vqa(fetch: SeriesFetcher, labels: Path | Sequence[LabelRow], output: P
     """Write `output/{split}.jsonl`, `output/images/`, `output/build.json`.
 
     `fetch(study_uid, series_uid)` returns the DICOM of one series, as stored (see
-    `folder_fetcher` and `domainvlm.medical.pacs`); each label row names its scan by original
-    UIDs. `progress(1)` after each series.
+    `domainvlm.medical.sources`); each label row names its scan by original UIDs.
+    `progress(1)` after each series.
     """
     views = views or ViewSpec()
     rows = read_labels(labels) if isinstance(labels, str | Path) else list(labels)
@@ -209,30 +207,3 @@ def _record(row: LabelRow, images: list[dict[str, Any]], volume: Volume,
 
 def _guess_type(answer: str) -> str:
     return "closed" if answer.strip().lower() in ("yes", "no") else "open"
-
-
-def folder_fetcher(source: Path, progress: Callable[[int], None] | None = None
-                   ) -> SeriesFetcher:
-    """Index every DICOM object under `source` (folder, zip, file) by study and series UID.
-
-    A row keyed by study only takes the study's largest series (most objects).
-    """
-    from domainvlm.medical.io import iter_dicom
-
-    series: dict[str, list[DicomSource]] = defaultdict(list)
-    study_of: dict[str, str] = {}
-    for item in iter_dicom(Path(source)):
-        uid = str(item.dataset.get("SeriesInstanceUID", ""))
-        series[uid].append(item)
-        study_of[uid] = str(item.dataset.get("StudyInstanceUID", ""))
-        if progress is not None:
-            progress(1)
-
-    def fetch(study_uid: str | None, series_uid: str | None) -> list[DicomSource]:
-        if series_uid:
-            found = series.get(series_uid, [])
-            return found if not study_uid or study_of.get(series_uid) == study_uid else []
-        candidates = [uid for uid, study in study_of.items() if study == study_uid]
-        return max((series[uid] for uid in candidates), key=len, default=[])
-
-    return fetch

@@ -14,8 +14,9 @@ from domainvlm.medical.cohort_questions import ABSENT, cohort_questions, patient
 from domainvlm.medical.deid import DeidConfig, remap_uid
 from domainvlm.medical.io import iter_dicom
 from domainvlm.medical.labels import LabelRow, read_labels, read_public_vqa
+from domainvlm.medical.sources import folder_fetcher
 from domainvlm.medical.splits import split_patients
-from domainvlm.medical.vqa import ViewSpec, build_vqa, folder_fetcher
+from domainvlm.medical.vqa import ViewSpec, build_vqa
 
 KEY = "test-project-key"
 
