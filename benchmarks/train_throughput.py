@@ -31,7 +31,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 FRAMEWORKS = ("domainvlm", "trl")
-QA_PER_IMAGE = 5  # domainvlm.synth.scene_questions asks five questions per scene
+MIN_QA_PER_IMAGE = 7  # domainvlm.synth.scene_questions asks 7 to 10 questions per scene
 IMAGE_SIZE = 64
 MODEL_SIZE = "small"  # domainvlm.tiny.SIZES preset: ~4.8 M parameters, patch 8 at 64 px
 LORA = {"r": 8, "alpha": 16, "dropout": 0.0}
@@ -81,12 +81,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def make_plan(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
-    """Sizes and paths every worker reads. The train set is a whole number of full batches."""
+    """Sizes and paths every worker reads. The train set is exactly `steps` full batches."""
     batch = args.batch_size
-    # Images per batch-aligned block: block * 5 questions is a multiple of the batch size.
-    block = batch // math.gcd(batch, QA_PER_IMAGE)
-    train_images = block * math.ceil(args.steps * batch / QA_PER_IMAGE / block)
-    eval_images = math.ceil(args.eval_samples / QA_PER_IMAGE)
+    train_images = math.ceil(args.steps * batch / MIN_QA_PER_IMAGE)
+    eval_images = math.ceil(args.eval_samples / MIN_QA_PER_IMAGE)
     return {
         "workdir": str(workdir),
         "model": str(workdir / "model"),
@@ -283,8 +281,10 @@ def prepare(plan: dict[str, Any]) -> dict[str, Any]:
     paths = write_shapes_dataset(plan["data"], n_images=n_images, seed=plan["seed"],
                                  image_size=IMAGE_SIZE,
                                  eval_fraction=plan["eval_images"] / n_images)
-    evals = read_jsonl(paths["eval"])[: plan["eval_samples"]]
-    paths["eval"].write_text("".join(json.dumps(row) + "\n" for row in evals))
+    for split, keep in (("train", plan["steps"] * plan["batch_size"]),
+                        ("eval", plan["eval_samples"])):
+        rows = read_jsonl(paths[split])[:keep]
+        paths[split].write_text("".join(json.dumps(row) + "\n" for row in rows))
     model = AutoModelForImageTextToText.from_pretrained(model_dir)
     vision = model.config.vision_config
     return {

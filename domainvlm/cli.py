@@ -178,8 +178,38 @@ def info_command(
         typer.echo(line)
 
 
+nano_app = typer.Typer(help="The nano base model: a tiny LLaVA pretrained here on synthetic "
+                       "scenes, the default model of `domainvlm demo`.", no_args_is_help=True,
+                       rich_markup_mode=None)
+app.add_typer(nano_app, name="nano")
+
+
+@nano_app.command("pretrain")
+def nano_pretrain_command(
+    force: Annotated[bool, typer.Option(help="Rebuild even if the cache has it.")] = False,
+) -> None:
+    """Pretrain the nano model from its recipe (a few minutes on a CPU) into the cache;
+    later runs reuse it. Deterministic by the recipe's seed."""
+    import shutil
+
+    from domainvlm.nano import ensure_nano, nano_path
+
+    if force:
+        shutil.rmtree(nano_path(), ignore_errors=True)
+    typer.echo(f"nano model: {ensure_nano()}")
+
+
+@nano_app.command("path")
+def nano_path_command() -> None:
+    """Print where the nano model is (or will be) cached, and whether it is built."""
+    from domainvlm.nano import nano_path
+
+    path = nano_path()
+    typer.echo(f"{path}  ({'built' if (path / 'config.json').is_file() else 'not built yet'})")
+
+
 def _add_plugin_commands() -> None:
-    """Command groups of the other parts (e.g. `dicom` from domainvlm.medical).
+    """Commands of the other parts (`dicom` and `demo` from domainvlm.medical).
 
     They register under the `domainvlm.commands` entry-point group, so the core CLI needs no
     import of them: the dependency points inward.
@@ -187,7 +217,11 @@ def _add_plugin_commands() -> None:
     from importlib.metadata import entry_points
 
     for entry in entry_points(group="domainvlm.commands"):
-        app.add_typer(entry.load(), name=entry.name)
+        command = entry.load()
+        if isinstance(command, typer.Typer):
+            app.add_typer(command, name=entry.name)
+        else:
+            app.command(entry.name)(command)
 
 
 _add_plugin_commands()

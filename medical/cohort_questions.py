@@ -21,27 +21,33 @@ ABSENT = "There is none."
 
 
 def patient_questions(patient: CohortPatient) -> list[dict]:
-    """Label rows for one patient: question, answer, question_type, answerable, series_uid."""
+    """Label rows for one patient: question, answer, question_type, answerable, category
+    (presence, side, size, count, organ, false premise), and the UIDs of its series."""
     lesions = patient.truth.lesions
-    rows: list[tuple[str, str, str, bool]] = []
+    rows: list[tuple[str, str, str, bool, str]] = []
     for organ in ("lung", "liver"):
         found = [lesion for lesion in lesions if lesion.organ == organ]
         finding = FINDING_WORDS[organ]
-        rows.append((f"Is there a {finding}?", "yes" if found else "no", "closed", True))
+        rows.append((f"Is there a {finding}?", "yes" if found else "no", "closed", True,
+                     "presence"))
         if found:
-            rows.append((f"Which side is the {finding} on?", _sides(found), "closed", True))
-            rows.append((f"How large is the {finding}?", _size(found), "open", True))
+            rows.append((f"Which side is the {finding} on?", _sides(found), "closed", True,
+                         "side"))
+            rows.append((f"How large is the {finding}?", _size(found), "open", True, "size"))
         else:
-            rows.append((f"Which side is the {finding} on?", ABSENT, "open", False))
-            rows.append((f"How large is the {finding}?", ABSENT, "open", False))
-    rows.append(("How many lesions are there?", COUNT_WORDS[len(lesions)], "open", True))
+            rows.append((f"Which side is the {finding} on?", ABSENT, "open", False,
+                         "false premise"))
+            rows.append((f"How large is the {finding}?", ABSENT, "open", False,
+                         "false premise"))
+    rows.append(("How many lesions are there?", COUNT_WORDS[len(lesions)], "open", True,
+                 "count"))
     organs = sorted({lesion.organ for lesion in lesions})
     rows.append(("Which organ has a lesion?",
                  " and ".join(ORGAN_WORDS[o] for o in organs) if organs else ABSENT,
-                 "open", bool(organs)))
+                 "open", bool(organs), "organ" if organs else "false premise"))
     return [{"series_uid": patient.series_uid, "study_uid": patient.study_uid,
-             "question": q, "answer": a, "question_type": t, "answerable": ok}
-            for q, a, t, ok in rows]
+             "question": q, "answer": a, "question_type": t, "answerable": ok, "category": c}
+            for q, a, t, ok, c in rows]
 
 
 def cohort_questions(patients: Iterable[CohortPatient]) -> list[dict]:

@@ -4,15 +4,16 @@ A label file is CSV or JSONL, one question per row, keyed by the original StudyI
 and/or SeriesInstanceUID of the scan it asks about (the UIDs the hospital has; de-identification
 remaps them later). Columns: `study_uid`, `series_uid` (at least one), `question`, `answer`,
 optional `answerable` (false for false-premise questions, default true) and `question_type`
-(closed/open). VQA-RAD and SLAKE ship JSON with images already rendered; `read_public_vqa`
-turns them into the core engine's records.
+(closed/open); other columns (e.g. `category`) travel into the records. VQA-RAD and SLAKE
+ship JSON with images already rendered; `read_public_vqa` turns them into the core engine's
+records.
 """
 
 from __future__ import annotations
 
 import csv
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,10 @@ class LabelRow:
     series_uid: str | None = None
     answerable: bool = True
     question_type: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # other columns, copied to the record
+
+
+_COLUMNS = {"study_uid", "series_uid", "question", "answer", "answerable", "question_type"}
 
 
 def read_labels(path: Path) -> list[LabelRow]:
@@ -73,7 +78,9 @@ def _label(row: dict[str, Any], source: str) -> LabelRow:
                     answer=_required(row, "answer", source), source=source,
                     study_uid=study, series_uid=series,
                     answerable=_boolean(row.get("answerable", True), source),
-                    question_type=question_type.lower() if question_type else None)
+                    question_type=question_type.lower() if question_type else None,
+                    extra={k: v for k, v in row.items() if k not in _COLUMNS and v not in
+                           (None, "")})
 
 
 def _optional(value: Any) -> str | None:

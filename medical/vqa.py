@@ -198,7 +198,7 @@ def _write_images(views: list[View], folder: Path, series_uid: str) -> list[dict
 
 def _record(row: LabelRow, images: list[dict[str, Any]], volume: Volume,
             patient: str) -> dict[str, Any]:
-    return {"image": [image["path"] for image in images], "question": row.question,
+    return {**row.extra, "image": [image["path"] for image in images], "question": row.question,
             "answer": row.answer, "question_type": row.question_type or _guess_type(row.answer),
             "answerable": row.answerable, "patient": patient, "study_uid": volume.study_uid,
             "series_uid": volume.series_uid,

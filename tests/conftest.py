@@ -34,6 +34,15 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture(scope="session")
+def tiny_nano() -> Path:
+    """The nano recipe shrunk (tiny model, 12 scenes): pretrained by our engine once a session."""
+    from domainvlm.nano import NanoRecipe, ensure_nano
+
+    return ensure_nano(NanoRecipe(size="tiny", image_size=64, scenes=12, epochs=1.0,
+                                  batch_size=8))
+
+
+@pytest.fixture(scope="session")
 def shapes_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """train.jsonl / eval.jsonl of coloured-shape questions with their images."""
     return write_shapes_dataset(tmp_path_factory.mktemp("shapes"), n_images=12, seed=0)

@@ -60,7 +60,7 @@ CASES = [
     ("rank zero", lambda m, d, b, t: ["--model", m, "--data", d, "--lora-r", "0"],
      r"`--lora-r` / `lora_r`: Input should be greater than 0 \(got 0\)"),
     ("bad method", lambda m, d, b, t: ["--model", m, "--data", d, "--method", "lorax"],
-     r"`--method` / `method`: Input should be 'lora', 'dora' or 'qlora'"),
+     r"`--method` / `method`: Input should be 'lora', 'dora', 'qlora' or 'full'"),
     ("bad target", lambda m, d, b, t: ["--model", m, "--data", d, "--lora-targets", "conv"],
      "`--lora-targets.0`"),
 ]

@@ -36,6 +36,14 @@ def score(records: list[Record], predictions: list[str]) -> dict[str, Any]:
     if any(r.answerable is not None for r in records):
         metrics["abstention"] = abstention_rate(
             predictions, [r.answerable is not False for r in records])
+    categories = [r.extra.get("category") for r in records]
+    if any(categories):  # e.g. presence / side / size: accuracy per kind of question
+        metrics["by_category"] = {
+            name: vqa_accuracy([p for p, c in zip(predictions, categories, strict=True)
+                                if c == name],
+                               [r.answer for r, c in zip(records, categories, strict=True)
+                                if c == name])
+            for name in sorted({c for c in categories if c})}
     return metrics
 
 
@@ -62,8 +70,13 @@ def _write_predictions(path: Path, records: list[Record], predictions: list[str]
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         for record, prediction in zip(records, predictions, strict=True):
-            handle.write(json.dumps({"source": record.source, "question": record.question,
-                                     "answer": record.answer, "prediction": prediction}) + "\n")
+            row = {"source": record.source, "question": record.question,
+                   "answer": record.answer, "prediction": prediction,
+                   "question_type": record.question_type, "answerable": record.answerable,
+                   "category": record.extra.get("category"),
+                   "images": [str(image) for image in record.images
+                              if isinstance(image, str | Path)]}
+            handle.write(json.dumps(row) + "\n")
     os.replace(tmp, path)
 
 

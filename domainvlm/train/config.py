@@ -24,7 +24,8 @@ class FinetuneConfig(BaseModel):
     data: str = Field(description="Training data: .jsonl, LLaVA-style .json or a dataset folder")
     output: Path = Field(description="Run folder: adapter, checkpoints, logs")
     eval_data: str | None = Field(None, description="Held-out data for periodic eval loss")
-    method: Literal["lora", "dora", "qlora"] = "lora"
+    method: Literal["lora", "dora", "qlora", "full"] = Field(
+        "lora", description="full trains every weight and saves a whole model (pretraining)")
     lora_r: int = Field(16, gt=0, description="LoRA rank")
     lora_alpha: int | None = Field(None, gt=0, description="LoRA alpha (default 2 x rank)")
     lora_dropout: float = Field(0.05, ge=0, lt=1)

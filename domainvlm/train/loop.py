@@ -51,7 +51,8 @@ class RunResult:
 
 
 def finetune(cfg: FinetuneConfig, reporter: Reporter | None = None) -> RunResult:
-    """Fine-tune `cfg.model` on `cfg.data`; writes the adapter under `cfg.output / "adapter"`."""
+    """Fine-tune `cfg.model` on `cfg.data`; writes `cfg.output / "adapter"` (PEFT format), or
+    with `method="full"` the whole model to `cfg.output / "model"`."""
     import torch
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs, set_seed
@@ -86,7 +87,7 @@ def finetune(cfg: FinetuneConfig, reporter: Reporter | None = None) -> RunResult
         claim_output(cfg.output, cfg.fingerprint_fields(), overwrite=cfg.overwrite)
     accelerator.wait_for_everyone()
 
-    frozen_vision = not {"vision", "projector"} & set(cfg.lora_targets)
+    frozen_vision = cfg.method != "full" and not {"vision", "projector"} & set(cfg.lora_targets)
     img_id = image_token_id(processor)
     if (cfg.vision_cache == "auto" and frozen_vision and family.image_features_as
             and img_id is not None
@@ -95,8 +96,11 @@ def finetune(cfg: FinetuneConfig, reporter: Reporter | None = None) -> RunResult
             attach_image_features(model, train + evals, img_id, pad_id, progress=advance)
 
     model.config.use_cache = False
-    model = apply_lora(model, method=cfg.method, r=cfg.lora_r, alpha=cfg.alpha,
-                       dropout=cfg.lora_dropout, components=cfg.lora_targets)
+    if cfg.method == "full":
+        model.requires_grad_(True)
+    else:
+        model = apply_lora(model, method=cfg.method, r=cfg.lora_r, alpha=cfg.alpha,
+                           dropout=cfg.lora_dropout, components=cfg.lora_targets)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     reporter.parameters(parameter_report(model))
@@ -110,7 +114,7 @@ def finetune(cfg: FinetuneConfig, reporter: Reporter | None = None) -> RunResult
     model, optimizer = accelerator.prepare(model, optimizer)
     state = ckpt.TrainState()
     if last is not None:
-        _load_adapter(accelerator.unwrap_model(model), last)
+        _load_weights(accelerator.unwrap_model(model), last)
         state = ckpt.load_trainer_state(last, optimizer, scheduler)
         ckpt.set_rng_state(torch.load(last / f"rng-{rank}.pt", weights_only=False))
         reporter.line(f"resuming from {last.name} (step {state.step} of {total_steps})")
@@ -146,7 +150,7 @@ def finetune(cfg: FinetuneConfig, reporter: Reporter | None = None) -> RunResult
     elapsed = time.perf_counter() - started
 
     # --- save --------------------------------------------------------------------------------
-    adapter = cfg.output / "adapter"
+    adapter = cfg.output / ("model" if cfg.method == "full" else "adapter")
     if accelerator.is_main_process:
         save_adapter(accelerator.unwrap_model(model), processor, adapter)
         summary = {"steps": state.step, "final_loss": last_loss,
@@ -257,11 +261,16 @@ def _save_checkpoint(cfg, accelerator, model, optimizer, scheduler, state, rank)
     accelerator.wait_for_everyone()
 
 
-def _load_adapter(model, folder: Path) -> None:
+def _load_weights(model, folder: Path) -> None:
+    """Trained weights of a checkpoint: the LoRA adapter, or the whole model (`full`)."""
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    set_peft_model_state_dict(model, load_file(str(folder / "adapter_model.safetensors")))
+    adapter = folder / "adapter_model.safetensors"
+    if adapter.is_file():
+        set_peft_model_state_dict(model, load_file(str(adapter)))
+    else:
+        model.load_state_dict(load_file(str(folder / "model.safetensors")), strict=False)
 
 
 def _keep_best(state, record, accelerator, model, processor, output: Path) -> None:

@@ -37,8 +37,10 @@ def write_data(shapes_data, path, *, closed_only=False, false_premises=False):
     """The shapes eval questions as a .jsonl with absolute image paths, optionally reshaped."""
     folder = shapes_data["eval"].parent
     rows = [json.loads(line) for line in shapes_data["eval"].read_text().splitlines()]
-    rows = [{**row, "image": str(folder / row["image"])} for row in rows
-            if not closed_only or row["question_type"] == "closed"]
+    # Only the shapes' answerable questions, without the flag unless false premises are asked.
+    rows = [{**{k: v for k, v in row.items() if k != "answerable"},
+             "image": str(folder / row["image"])} for row in rows
+            if row["answerable"] and (not closed_only or row["question_type"] == "closed")]
     if false_premises:
         rows = [{**row, "answerable": True} for row in rows]
         rows += [{"image": rows[i]["image"], "question": "How large is the purple star?",

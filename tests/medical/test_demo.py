@@ -1,0 +1,34 @@
+"""`domainvlm demo` shrunk (few patients, few steps) end to end: report, plots, and the adapted
+model beats its base on held-out patients."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+@pytest.mark.slow
+def test_shrunken_demo_end_to_end(tmp_path):
+    out = tmp_path / "demo"
+    result = subprocess.run(  # the default base model: the shipped nano
+        [sys.executable, "-m", "domainvlm.cli", "demo", "--output", str(out),
+         "--patients", "20", "--epochs", "3"],
+        capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for name in ("report.md", "loss.png", "accuracy.png", "gallery.png", "timings.json"):
+        assert (out / name).stat().st_size > 0, name
+    base = json.loads((out / "eval-base" / "metrics.json").read_text())
+    adapted = json.loads((out / "eval-adapted" / "metrics.json").read_text())
+    assert adapted["vqa"]["accuracy"] > base["vqa"]["accuracy"]
+    report = (out / "report.md").read_text()
+    assert f"{100 * adapted['vqa']['closed_accuracy']:.1f}%" in report
+    assert "false premise answered as absent" in report
+    assert "held-out patients: base vs adapted" in result.stdout
+    train = {json.loads(x)["patient"] for x in (out / "vqa" / "train.jsonl").read_text()
+             .splitlines()}
+    test = {json.loads(x)["patient"] for x in (out / "vqa" / "test.jsonl").read_text()
+            .splitlines()}
+    assert test and not train & test

@@ -1,0 +1,85 @@
+"""The generic synthetic world: deterministic, and every answer is a fact of its scene."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from domainvlm.synth import (
+    ABSENT,
+    COLOURS,
+    SHAPES,
+    Shape,
+    caption,
+    draw_scene,
+    random_scene,
+    scene_questions,
+    write_shapes_dataset,
+)
+
+
+def test_same_seed_same_files_other_seed_differs(tmp_path):
+    a = write_shapes_dataset(tmp_path / "a", 6, seed=4)
+    b = write_shapes_dataset(tmp_path / "b", 6, seed=4)
+    c = write_shapes_dataset(tmp_path / "c", 6, seed=5)
+    assert a["train"].read_text() == b["train"].read_text()
+    for image in (tmp_path / "a" / "images").iterdir():
+        assert image.read_bytes() == (tmp_path / "b" / "images" / image.name).read_bytes()
+    assert a["train"].read_text() != c["train"].read_text()
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_answers_follow_from_the_scene(seed):
+    rng = random.Random(seed)
+    shapes = random_scene(rng)
+    assert 1 <= len(shapes) <= 2 and len({s.shape for s in shapes}) == len(shapes)
+    present = {s.shape: s for s in shapes}
+    for row in scene_questions(shapes, rng):
+        q, a = row["question"], row["answer"]
+        kind = next((k for k in SHAPES if k in q), None)
+        if q.startswith("Is there a") and kind:
+            colour = next((c for c in COLOURS if c in q), None)
+            real = kind in present and (colour is None or present[kind].colour == colour)
+            assert a == ("yes" if real else "no")
+        elif q.startswith("Is there a"):  # "Is there a <colour> shape?"
+            colour = next(c for c in COLOURS if c in q)
+            assert a == ("yes" if colour in {s.colour for s in shapes} else "no")
+        elif kind and kind not in present:
+            assert (a, row["answerable"]) == (ABSENT, False)
+        elif q.startswith("What colour"):
+            assert a == present[kind].colour
+        elif q.startswith("Which side"):
+            assert a == present[kind].side
+        elif q.startswith("How large"):
+            assert a == present[kind].size
+        elif q.startswith("How many"):
+            assert a == ["zero", "one", "two"][len(shapes)]
+        else:
+            assert a == caption(shapes)
+
+
+def test_false_premise_rows_exist_whenever_a_shape_is_missing():
+    rows = scene_questions([Shape("red", "circle", "left")], random.Random(0))
+    false = [r for r in rows if not r["answerable"]]
+    assert len(false) == 2 and all(r["answer"] == ABSENT for r in false)
+
+
+def test_shapes_are_drawn_where_and_as_large_as_said():
+    for side, size in (("left", "large"), ("right", "small")):
+        image = np.asarray(draw_scene([Shape("blue", "square", side, size)], 128,
+                                      random.Random(1), (20, 20, 20)))
+        blue = np.argwhere((image == COLOURS["blue"]).all(-1))
+        assert (blue[:, 1].mean() < 64) == (side == "left")
+        width = blue[:, 1].max() - blue[:, 1].min()
+        assert (width > 30) == (size == "large")
+
+
+def test_rows_carry_types_and_images_exist(tmp_path):
+    paths = write_shapes_dataset(tmp_path, 4, seed=0, image_size=96)
+    rows = [json.loads(x) for x in paths["train"].read_text().splitlines()]
+    assert {r["question_type"] for r in rows} == {"closed", "open"}
+    assert Image.open(tmp_path / rows[0]["image"]).size == (96, 96)
