@@ -143,14 +143,10 @@ def build_vqa_command(
 ) -> None:
     """Turn labelled DICOM studies into VQA data for `domainvlm finetune`: de-identified,
     rendered, split by patient (no patient in two splits)."""
-    from domainvlm.errors import ConfigError
     from domainvlm.medical.sources import folder_fetcher, pacs_fetcher
     from domainvlm.medical.vqa import ViewSpec, build_vqa
 
-    try:
-        fractions = dict(zip(("train", "val", "test"), map(float, split.split(",")), strict=True))
-    except ValueError:
-        raise ConfigError(f"--split {split!r}: give three fractions, e.g. 0.8,0.1,0.1") from None
+    fractions = _fractions(split)
     views = ViewSpec(strategy=strategy, count=count, plane=plane, window=window,
                      image_size=image_size or None)
     if source.startswith(("http://", "https://")):
@@ -167,6 +163,35 @@ def build_vqa_command(
     for name, n in report.records.items():
         typer.echo(f"{name}: {n} questions from {report.patients[name]} patients "
                    f"-> {output / (name + '.jsonl')}")
+
+
+@app.command("import-vqa")
+def import_vqa_command(
+    source: Annotated[Path, typer.Argument(help="VQA-RAD or SLAKE JSON file.")],
+    output: Annotated[Path, typer.Argument(help="New folder for {train,val,test}.jsonl.")],
+    image_root: Annotated[Path | None, typer.Option(
+        help="Folder the image names are relative to (default: the JSON's folder).")] = None,
+    split: Annotated[str, typer.Option(
+        help="train,val,test fractions by patient (scan).")] = "0.8,0.1,0.1",
+    seed: int = 0,
+) -> None:
+    """Turn a public medical VQA set (VQA-RAD, SLAKE; English questions) into JSONL for
+    `domainvlm finetune`, split so that no scan is in two splits."""
+    from domainvlm.medical.vqa import write_public_vqa
+
+    counts = write_public_vqa(source, output, image_root=image_root,
+                              fractions=_fractions(split), seed=seed)
+    for name, n in counts.items():
+        typer.echo(f"{name}: {n} questions -> {output / (name + '.jsonl')}")
+
+
+def _fractions(split: str) -> dict[str, float]:
+    from domainvlm.errors import ConfigError
+
+    try:
+        return dict(zip(("train", "val", "test"), map(float, split.split(",")), strict=True))
+    except ValueError:
+        raise ConfigError(f"--split {split!r}: give three fractions, e.g. 0.8,0.1,0.1") from None
 
 
 @app.command("render")

@@ -207,3 +207,22 @@ def _record(row: LabelRow, images: list[dict[str, Any]], volume: Volume,
 
 def _guess_type(answer: str) -> str:
     return "closed" if answer.strip().lower() in ("yes", "no") else "open"
+
+
+def write_public_vqa(source: Path, output: Path, *, image_root: Path | None = None,
+                     fractions: Mapping[str, float] = DEFAULT_FRACTIONS,
+                     seed: int = 0) -> dict[str, int]:
+    """VQA-RAD / SLAKE JSON -> `output/{split}.jsonl` for the core engine, split by patient
+    (the scan an image comes from). Returns questions per split."""
+    from domainvlm.medical.labels import read_public_vqa
+
+    rows = read_public_vqa(source, image_root)
+    assignment = split_patients([r["patient"] for r in rows], fractions, seed)
+    counts = {}
+    with new_folder(output) as partial:
+        for name in fractions:
+            chosen = [r for r in rows if assignment[r["patient"]] == name]
+            text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in chosen)
+            (partial / f"{name}.jsonl").write_text(text, encoding="utf-8")
+            counts[name] = len(chosen)
+    return counts

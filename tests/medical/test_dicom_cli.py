@@ -92,3 +92,12 @@ def test_bad_input_is_one_line_and_exit_2(cohort, tmp_path, args, message):
     assert message.lower() in result.stderr.lower()
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_import_vqa_command(tmp_path):
+    items = [{"image_name": f"synpic{i}.jpg", "question": "Is there a mass?", "answer": "no",
+              "answer_type": "CLOSED"} for i in range(10)]
+    (tmp_path / "rad.json").write_text(json.dumps(items))
+    result = cli("import-vqa", tmp_path / "rad.json", tmp_path / "out", "--split", "0.5,0,0.5")
+    assert result.returncode == 0, result.stderr
+    assert "train: 5 questions" in result.stdout and "test: 5 questions" in result.stdout

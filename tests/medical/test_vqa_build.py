@@ -220,3 +220,20 @@ def test_false_premise_questions_state_absence(cohort):
                 assert row["answer"] == ABSENT
             if "liver lesion" in row["question"] and row["question"] != "Is there a liver lesion?":
                 assert row["answerable"] == ("liver" in organs)
+
+
+def test_public_vqa_is_written_split_by_scan(tmp_path):
+    from domainvlm.medical.vqa import write_public_vqa
+
+    items = [{"img_name": f"xmlab{i // 3}/source.jpg", "question": f"q{i}?", "answer": "yes",
+              "answer_type": "CLOSED", "q_lang": "en"} for i in range(30)]
+    source = tmp_path / "slake.json"
+    source.write_text(json.dumps(items))
+    counts = write_public_vqa(source, tmp_path / "out", seed=1)
+    assert sum(counts.values()) == 30
+    scans = {split: {Path(json.loads(x)["image"]).parent.name
+                     for x in (tmp_path / "out" / f"{split}.jsonl").read_text().splitlines()}
+             for split in counts}
+    assert scans["train"] and scans["test"] and not scans["train"] & scans["test"]
+    rows = records_of(tmp_path / "out" / "train.jsonl")
+    assert rows[0]["question_type"] == "closed"
