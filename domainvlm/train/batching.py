@@ -32,9 +32,11 @@ def epoch_batches(lengths: Sequence[int], batch_size: int, seed: int, epoch: int
 
 
 def split_batch(batch: Sequence[int], n_chunks: int) -> list[list[int]]:
-    """Split a global batch into `n_chunks` near-equal micro-batches (none empty)."""
-    if len(batch) < n_chunks:
-        return []
+    """Split a global batch into `n_chunks` near-equal micro-batches.
+
+    A batch smaller than `n_chunks` (an epoch's last) leaves the last chunks empty: every
+    sample is still trained on, and the caller decides what an empty share does.
+    """
     size, extra = divmod(len(batch), n_chunks)
     chunks, start = [], 0
     for k in range(n_chunks):
@@ -46,6 +48,6 @@ def split_batch(batch: Sequence[int], n_chunks: int) -> list[list[int]]:
 
 def micro_batches(batch: Sequence[int], world_size: int, rank: int,
                   accumulation: int) -> list[list[int]]:
-    """This process's micro-batches of a global batch (empty when it cannot be split)."""
+    """This process's `accumulation` micro-batches of a global batch (some may be empty)."""
     chunks = split_batch(batch, world_size * accumulation)
-    return [chunks[k * world_size + rank] for k in range(accumulation)] if chunks else []
+    return [chunks[k * world_size + rank] for k in range(accumulation)]

@@ -178,12 +178,16 @@ def _train_step(model, optimizer, accelerator, samples, batch_ids, world, rank, 
     chunks = micro_batches(batch_ids, world, rank, accumulation)
     loss_sum = torch.zeros((), device=accelerator.device)
     for k, chunk in enumerate(chunks):
-        inputs = _to_device(collate([samples[i] for i in chunk], pad_id), accelerator.device,
-                            family)
+        if not chunk and world == 1:
+            continue
+        # An empty share (a small last batch) still joins DDP's all-reduce, with weight 0.
+        weight = 1.0 if chunk else 0.0
+        inputs = _to_device(collate([samples[i] for i in chunk or batch_ids[:1]], pad_id),
+                            accelerator.device, family)
         sync = k == len(chunks) - 1
         context = accelerator.no_sync(model) if not sync else contextlib.nullcontext()
         with context, accelerator.autocast():
-            total = token_loss_sum(model, inputs)
+            total = token_loss_sum(model, inputs) * weight
             # DDP averages gradients over processes: scale so the result is sum / n_tokens.
             accelerator.backward(total * world / n_tokens)
         loss_sum += total.detach()
