@@ -206,6 +206,8 @@ def render_command(
 ) -> None:
     """Render a series (or a single image) as PNG the way a model will see it; with
     `--strategy slices`, one PNG per slice (OUTPUT-0.png, ...)."""
+    import io
+
     from PIL import Image
 
     from domainvlm.atomic import write_bytes
@@ -227,18 +229,15 @@ def render_command(
         images = [render_frame(ds, read_frames(ds, sources[0].name)[0],
                                None if window == "tags" else window, name=sources[0].name)]
     else:
-        spec = ViewSpec(strategy=strategy, count=count, plane=plane,
-                        window="mediastinum" if window == "tags" else window)
         volume = load_volume(sources)
-        if window == "tags" and volume.window is not None:
-            spec = ViewSpec(strategy=strategy, count=count, plane=plane,
-                            window=f"{volume.window.center},{volume.window.width}")
+        if window == "tags":  # the series' own window, else soft tissue
+            tags = volume.window
+            window = f"{tags.center},{tags.width}" if tags is not None else "mediastinum"
+        spec = ViewSpec(strategy=strategy, count=count, plane=plane, window=window)
         images = [view.image for view in render_views(volume, spec)]
     paths = [output] if len(images) == 1 else [
         output.with_name(f"{output.stem}-{k}{output.suffix}") for k in range(len(images))]
     for path, image in zip(paths, images, strict=True):
-        import io
-
         buffer = io.BytesIO()
         Image.fromarray(image).save(buffer, format="PNG")
         write_bytes(path, buffer.getvalue())

@@ -35,12 +35,19 @@ def losses(result) -> list[float]:
 
 
 def test_loss_falls_on_answer_tokens(tiny_models, shapes_data, tmp_path):
-    result = run(tiny_models, shapes_data, tmp_path, max_steps=25, learning_rate=1e-2)
+    # Closed (yes/no, left/right, small/large) questions: a random tiny model's near-uniform
+    # head has a visible drop to make on them within a few steps.
+    closed = tmp_path / "closed.jsonl"
+    folder = shapes_data["train"].parent
+    rows = [json.loads(x) for x in shapes_data["train"].read_text().splitlines()]
+    closed.write_text("".join(json.dumps({**r, "image": str(folder / r["image"])}) + "\n"
+                              for r in rows if r["question_type"] == "closed"))
+    result = run(tiny_models, shapes_data, tmp_path, max_steps=25, learning_rate=1e-2,
+                 data=str(closed))
     trajectory = losses(result)
     assert len(trajectory) == 25
-    # Random tiny models have near-uniform output heads: the loss drops within a few steps
-    # and then plateaus, so compare the last steps with the untrained first one.
-    assert sum(trajectory[-5:]) / 5 < 0.95 * trajectory[0]
+    # Random tiny models have near-uniform output heads, so the drop is modest but real.
+    assert sum(trajectory[-5:]) / 5 < 0.95 * sum(trajectory[:5]) / 5
 
 
 def test_same_seed_same_adapter_other_seed_differs(tiny_models, shapes_data, tmp_path):
@@ -60,9 +67,7 @@ def test_same_seed_same_adapter_other_seed_differs(tiny_models, shapes_data, tmp
 def test_equivalent_settings_take_the_same_steps(tiny_models, shapes_data, tmp_path, overrides):
     reference = run(tiny_models, shapes_data, tmp_path, "reference")
     other = run(tiny_models, shapes_data, tmp_path, "other", **overrides)
-    # Other micro-batching sums gradients in another order; Adam turns float32 rounding of
-    # near-zero gradients into small moves, so weights agree to 1% of one step (lr 5e-3).
-    assert max_difference(adapter_weights(reference), adapter_weights(other)) < 5e-5
+    assert max_difference(adapter_weights(reference), adapter_weights(other)) < 1e-5
     assert losses(reference) == pytest.approx(losses(other), rel=1e-5)
 
 
