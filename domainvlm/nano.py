@@ -31,6 +31,7 @@ class NanoRecipe:
     family: str = "llava"
     size: str = "small"
     image_size: int = 192  # 8x8 patches of 24 px: 64 image tokens
+    world: str = "plain"  # see domainvlm.synth.WORLDS
     scenes: int = 900
     epochs: float = 1.0
     learning_rate: float = 1e-3
@@ -92,7 +93,8 @@ def pretrain_nano(output: Path, recipe: NanoRecipe = DEFAULT_RECIPE,
         base = build_tiny_model(recipe.family, work / "random", seed=recipe.seed,
                                 image_size=recipe.image_size, size=recipe.size)
         data = write_shapes_dataset(work / "data", recipe.scenes, seed=recipe.seed,
-                                    image_size=recipe.image_size, eval_fraction=0.05)
+                                    image_size=recipe.image_size, eval_fraction=0.05,
+                                    world=recipe.world)
         result = finetune(FinetuneConfig(
             model=str(base), data=str(data["train"]), output=work / "run", method="full",
             epochs=recipe.epochs, learning_rate=recipe.learning_rate,
@@ -116,11 +118,11 @@ tags: [domainvlm, nano, synthetic]
 **What it is.** A ~5 M-parameter LLaVA (CLIP vision tower, Llama language model, a byte-level
 BPE tokenizer of 1,500 tokens) initialised at random and then fully fine-tuned by domainvlm for
 {recipe.epochs:g} epoch(s) on {recipe.scenes} synthetic scenes of coloured shapes
-(`domainvlm.synth`, seed {recipe.seed}, {recipe.image_size} px): questions on existence,
-colour, shape, size, count and side, one-line captions, and "There is none." for questions
-about shapes that are absent. Final training loss {loss if loss is None else round(loss, 3)},
-{seconds:.0f} s on the machine that built it. Recipe: `recipe.json`; rebuild with
-`domainvlm nano pretrain`.
+(`domainvlm.synth`, {recipe.world} world, seed {recipe.seed}, {recipe.image_size} px):
+questions on existence, colour, shape, size, count and side, one-line captions, and
+"There is none." for questions about shapes that are absent. Final training loss
+{loss if loss is None else round(loss, 3)}, {seconds:.0f} s on the machine that built it.
+Recipe: `recipe.json`; rebuild with `domainvlm nano pretrain`.
 
 **What it is not.** It has never seen a photograph, a scan or real language. It knows a few
 hundred words and answers in the short forms of its training data. It exists so that the

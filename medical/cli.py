@@ -129,8 +129,9 @@ def build_vqa_command(
         "[question_type].")],
     output: Annotated[Path, typer.Argument(help="New folder for {train,val,test}.jsonl + images.")],
     project_key: KeyOption,
-    strategy: Annotated[str, typer.Option(help="montage | slices | mip")] = "montage",
-    count: Annotated[int, typer.Option(min=1, help="Slices per montage / images per record.")] = 9,
+    strategy: Annotated[str, typer.Option(help="montage | slabs | slices | mip")] = "montage",
+    count: Annotated[int, typer.Option(
+        min=1, help="Slices per montage, slabs per slab montage, images per record.")] = 9,
     plane: Annotated[str, typer.Option(help="MIP plane: axial | coronal | sagittal")] = "axial",
     window: Annotated[str, typer.Option(
         help="composite (lung/mediastinum/bone as RGB), a preset (lung, mediastinum, "
@@ -198,7 +199,7 @@ def _fractions(split: str) -> dict[str, float]:
 def render_command(
     source: Annotated[Path, typer.Argument(help="DICOM file, folder or .zip (one series).")],
     output: Annotated[Path, typer.Argument(help="PNG file to write.")],
-    strategy: Annotated[str, typer.Option(help="montage | slices | mip")] = "montage",
+    strategy: Annotated[str, typer.Option(help="montage | slabs | slices | mip")] = "montage",
     count: Annotated[int, typer.Option(min=1)] = 9,
     plane: Annotated[str, typer.Option(help="MIP plane: axial | coronal | sagittal")] = "axial",
     window: Annotated[str, typer.Option(

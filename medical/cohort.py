@@ -151,23 +151,16 @@ def write_patient(folder: Path, seed: int, index: int,
     pseudo_id = f"synth-{index:04d}"
     spec = SeriesSpec(study_uid=study_uid, series_uid=series_uid, spacing=truth.spacing,
                       origin=truth.origin, description="CT CHEST ABDOMEN AXIAL",
-                      attributes=phi)
+                      attributes=phi, private=_private_phi(phi["PatientName"], phi["PatientID"]))
     series_folder = f"patient-{index:04d}"
-    paths = write_ct_series(hu, Path(folder) / series_folder, spec)
-    _add_private_block(paths, phi["PatientName"], phi["PatientID"])
+    write_ct_series(hu, Path(folder) / series_folder, spec)
     return CohortPatient(pseudo_id, study_uid, series_uid, series_folder, truth)
 
 
-def _add_private_block(paths: list[Path], name: str, patient_id: str) -> None:
+def _private_phi(name: str, patient_id: str) -> dict:
     """A vendor-style private block holding PHI, which de-identification must remove."""
-    import pydicom
-
-    for path in paths:
-        ds = pydicom.dcmread(path)
-        block = ds.private_block(PRIVATE_GROUP, PRIVATE_CREATOR, create=True)
-        block.add_new(0x01, "LO", name.replace("^", " "))
-        block.add_new(0x02, "LO", patient_id)
-        ds.save_as(path, enforce_file_format=True)
+    return {(PRIVATE_GROUP, PRIVATE_CREATOR): [(0x01, "LO", name.replace("^", " ")),
+                                               (0x02, "LO", patient_id)]}
 
 
 def write_cohort(folder: Path, n_patients: int, seed: int = 0,

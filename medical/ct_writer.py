@@ -31,6 +31,9 @@ class SeriesSpec:
     window: tuple[float, float] = (40.0, 400.0)  # (center, width): soft tissue
     instance_numbers: Sequence[int] | None = None  # default 1..n in slice order
     attributes: Mapping[str, Any] = field(default_factory=dict)  # extra tags, e.g. patient PHI
+    # private blocks as a vendor writes them: (group, creator) -> [(offset, VR, value)]
+    private: Mapping[tuple[int, str], Sequence[tuple[int, str, Any]]] = field(
+        default_factory=dict)
 
 
 def slice_normal(orientation: Sequence[float]):
@@ -91,6 +94,10 @@ def write_ct_series(hu, folder: Path, spec: SeriesSpec) -> list[Path]:
         ds.BurnedInAnnotation = "NO"
         for keyword, value in spec.attributes.items():
             setattr(ds, keyword, value)
+        for (group, creator), elements in spec.private.items():
+            block = ds.private_block(group, creator, create=True)
+            for offset, vr, value in elements:
+                block.add_new(offset, vr, value)
         ds.PixelData = pixels.tobytes()
         path = folder / f"{index:04d}.dcm"
         ds.save_as(path, enforce_file_format=True)

@@ -233,9 +233,18 @@ def _clean_tree(ds: Any, config: DeidConfig) -> None:
         if element.VR == "SQ" and element.value:
             for item in element.value:
                 _clean_tree(item, config)
-    rules = _table()[1]
+    # Every action of the table is a no-op on a tag that is absent, so only the rules of tags
+    # present (and the repeating-group ones, which walk the dataset) run: the same result,
+    # without ~650 lookups per item (the bulk of de-identification time). keys() gives the
+    # tags; iterating a Dataset would decode every element.
+    present = {(tag.group, tag.element) for tag in ds.keys()}  # noqa: SIM118
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None:
+        present |= {(tag.group, tag.element) for tag in meta.keys()}  # noqa: SIM118
+    rules = {tag: action for tag, action in _table()[1].items()
+             if len(tag) > 2 or tag in present}
     anonymize_dataset(ds, None, delete_private_tags=not config.keep_private,
-                      base_rules_gen=lambda: dict(rules))
+                      base_rules_gen=lambda: rules)
 
 
 def _walk(ds: Any, visit: Callable[[Any, Any], None]) -> None:

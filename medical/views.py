@@ -1,9 +1,11 @@
 """Turn a Volume into the 2-D images a vision-language model reads, and remember their source.
 
-Three strategies: `even_slices` (n slices spread over the stack), `mip` (maximum-intensity
-projection onto the axial, coronal or sagittal plane) and `montage` (n slices tiled in one
-grid). Every `View` names the plane, the volume slice indices and SOP Instance UIDs it used and
-the window, so an answer about an image can point back to the DICOM it came from.
+Four strategies: `even_slices` (n slices spread over the stack), `mip` (maximum-intensity
+projection onto the axial, coronal or sagittal plane), `montage` (n slices tiled in one grid)
+and `slab_montage` (the stack cut into n consecutive slabs, each shown as its own MIP, tiled:
+the sliding thin-slab MIP radiologists read for nodules, so that no slice goes unseen).
+Every `View` names the plane, the volume slice indices and SOP Instance UIDs it used and the
+window, so an answer about an image can point back to the DICOM it came from.
 
 Images are shown the way radiologists read them, whatever the acquisition orientation:
 axial with anterior up and the patient's right on the image left, coronal with the head up
@@ -37,10 +39,11 @@ class View:
     """One image for a model, and exactly what it shows.
 
     `image` is uint8 (rows, cols). `slice_indices` are volume indices (0-based, along the
-    stack); `sop_instance_uids` and `frame_numbers` are aligned with them. `tiles` gives, for
-    each slice of a montage or single slice, its box (x0, y0, x1, y1) in the image; it is empty
-    for a projection, where every pixel mixes all slices. `pixel_mm` is the size of one image
-    pixel in millimetres (square).
+    stack); `sop_instance_uids` and `frame_numbers` are aligned with them. `tiles` gives the box
+    (x0, y0, x1, y1) in the image of each tile of a montage (or of a single slice), and
+    `tile_slices` the volume slices each tile shows: one, or a slab's run. Both are empty for
+    a whole-volume projection, where every pixel mixes all slices. `pixel_mm` is the size of
+    one image pixel in millimetres (square).
     """
 
     image: np.ndarray
@@ -52,18 +55,19 @@ class View:
     description: str
     pixel_mm: float
     tiles: tuple[tuple[int, int, int, int], ...] = ()
+    tile_slices: tuple[tuple[int, ...], ...] = ()
 
     def to_pil(self):
         from PIL import Image
 
         return Image.fromarray(self.image)
 
-    def slice_at(self, x: int, y: int) -> int | None:
-        """The volume slice index shown at image pixel (x, y); None off the tiles."""
-        for index, (x0, y0, x1, y1) in zip(self.slice_indices, self.tiles, strict=False):
+    def slices_at(self, x: int, y: int) -> tuple[int, ...]:
+        """The volume slice indices shown at image pixel (x, y); empty off the tiles."""
+        for indices, (x0, y0, x1, y1) in zip(self.tile_slices, self.tiles, strict=True):
             if x0 <= x < x1 and y0 <= y < y1:
-                return index
-        return None
+                return indices
+        return ()
 
 
 def pick_slices(count: int, n: int) -> list[int]:
@@ -94,7 +98,8 @@ def even_slices(volume: Volume, n: int, window: WindowLike = None) -> list[View]
             sop_instance_uids=(volume.sop_instance_uids[k],),
             frame_numbers=(volume.frame_numbers[k],), window=win,
             description=f"{plane} slice {_numbers(volume, [k])}, window {_win_text(win)}",
-            pixel_mm=pixel_mm, tiles=((0, 0, image.shape[1], image.shape[0]),)))
+            pixel_mm=pixel_mm, tiles=((0, 0, image.shape[1], image.shape[0]),),
+            tile_slices=((k,),)))
     return views
 
 
@@ -131,14 +136,67 @@ def montage(volume: Volume, n: int, columns: int | None = None, window: WindowLi
     win = _window(volume, window)
     plane = acquisition_plane(volume)
     indices = pick_slices(volume.shape[0], n)
-    columns = columns or math.ceil(math.sqrt(len(indices)))
+    units = [_display_slice(volume, k, plane, win) for k in indices]
+    image, boxes, pixel_mm, grid = _tile(units, columns, tile_size, gap)
+    return View(
+        image=image, plane=plane, slice_indices=tuple(indices),
+        sop_instance_uids=tuple(volume.sop_instance_uids[k] for k in indices),
+        frame_numbers=tuple(volume.frame_numbers[k] for k in indices), window=win,
+        pixel_mm=pixel_mm, tiles=boxes, tile_slices=tuple((k,) for k in indices),
+        description=(f"montage of {plane} slices {_numbers(volume, indices)} in {grid}, "
+                     f"window {_win_text(win)}"))
+
+
+def pick_slabs(count: int, n: int) -> list[tuple[int, ...]]:
+    """The stack cut into `n` consecutive runs as equal as possible, covering every slice."""
+    if count < 1 or n < 1:
+        raise ValueError(f"need at least one slice and n >= 1; got {count} slices, n={n}")
+    n = min(n, count)
+    edges = [i * count // n for i in range(n + 1)]
+    return [tuple(range(a, b)) for a, b in zip(edges, edges[1:], strict=False)]
+
+
+def slab_montage(volume: Volume, n: int, columns: int | None = None,
+                 window: WindowLike = None, *, tile_size: int | None = None,
+                 gap: int = 2) -> View:
+    """The stack cut into `n` slabs, each a maximum-intensity projection across its slices,
+    tiled like `montage`.
+
+    Every slice is in exactly one slab, so a finding on any slice shows somewhere in the
+    image, and at its full contrast against darker tissue (a nodule in the lung, a hyperdense
+    lesion in the liver), where a montage of `n` single slices would skip most of the stack.
+    """
+    win = _window(volume, window)
+    plane = acquisition_plane(volume)
+    slabs = pick_slabs(volume.shape[0], n)
+    units = [_to_display(apply_window(volume.values[slab[0]:slab[-1] + 1].max(axis=0), *win),
+                         [1, 2], plane, volume) for slab in slabs]
+    image, boxes, pixel_mm, grid = _tile(units, columns, tile_size, gap)
+    ranges = ", ".join(f"{s[0] + 1}-{s[-1] + 1}" if len(s) > 1 else f"{s[0] + 1}"
+                       for s in slabs)
+    count = volume.shape[0]
+    return View(
+        image=image, plane=plane, slice_indices=tuple(range(count)),
+        sop_instance_uids=volume.sop_instance_uids, frame_numbers=volume.frame_numbers,
+        window=win, pixel_mm=pixel_mm, tiles=boxes, tile_slices=tuple(slabs),
+        description=(f"montage of {len(slabs)} {plane} slab maximum-intensity projections "
+                     f"(slices {ranges} of {count}, {volume.positions[0]:.1f} to "
+                     f"{volume.positions[-1]:.1f} mm) in {grid}, window {_win_text(win)}"))
+
+
+def _tile(units: list[tuple[np.ndarray, float]], columns: int | None, tile_size: int | None,
+          gap: int) -> tuple[np.ndarray, tuple[tuple[int, int, int, int], ...], float, str]:
+    """Tile [0, 1] images left to right, then top to bottom, on mid grey.
+
+    Returns the uint8 image, each tile's box, the pixel size in mm and the grid in words.
+    """
+    columns = columns or math.ceil(math.sqrt(len(units)))
     if columns < 1:
         raise ValueError(f"columns must be >= 1; got {columns}")
-    columns = min(columns, len(indices))
-    rows = math.ceil(len(indices) / columns)
+    columns = min(columns, len(units))
+    rows = math.ceil(len(units) / columns)
     tiles, pixel_mm = [], 0.0
-    for k in indices:
-        unit, pixel_mm = _display_slice(volume, k, plane, win)
+    for unit, pixel_mm in units:
         if tile_size:
             scale = tile_size / max(unit.shape)
             unit = _resize(unit, (max(1, round(unit.shape[0] * scale)),
@@ -154,14 +212,9 @@ def montage(volume: Volume, n: int, columns: int | None = None, window: WindowLi
         x0 = (position % columns) * (width + gap)
         image[y0:y0 + height, x0:x0 + width] = tile
         boxes.append((x0, y0, x0 + width, y0 + height))
-    return View(
-        image=image, plane=plane, slice_indices=tuple(indices),
-        sop_instance_uids=tuple(volume.sop_instance_uids[k] for k in indices),
-        frame_numbers=tuple(volume.frame_numbers[k] for k in indices), window=win,
-        pixel_mm=pixel_mm, tiles=tuple(boxes),
-        description=(f"montage of {plane} slices {_numbers(volume, indices)} in {rows} row"
-                     f"{'s' if rows > 1 else ''} of {columns}, left to right then top to "
-                     f"bottom, window {_win_text(win)}"))
+    grid = (f"{rows} row{'s' if rows > 1 else ''} of {columns}, left to right then top to "
+            "bottom")
+    return image, tuple(boxes), pixel_mm, grid
 
 
 def windowed_volume(volume: Volume, window: WindowLike = None) -> np.ndarray:

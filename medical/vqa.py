@@ -25,31 +25,35 @@ from domainvlm.medical.render import resolve_window
 from domainvlm.medical.series import Volume, load_volume
 from domainvlm.medical.sources import SeriesFetcher
 from domainvlm.medical.splits import DEFAULT_FRACTIONS, split_patients
-from domainvlm.medical.views import View, even_slices, mip, montage
+from domainvlm.medical.views import View, even_slices, mip, montage, slab_montage
 
 COMPOSITE = ("lung", "mediastinum", "bone")  # red, green, blue
+
+
+STRATEGIES = ("montage", "slabs", "slices", "mip")
 
 
 @dataclass(frozen=True)
 class ViewSpec:
     """How a volume becomes the images of one record.
 
-    strategy: `montage` (one image of `count` evenly spread slices), `slices` (`count` images),
-    `mip` (one maximum-intensity projection onto `plane`). window: a preset name, "C,W", or
+    strategy: `montage` (one image of `count` evenly spread slices), `slabs` (one image of
+    `count` slab MIPs that together cover every slice), `slices` (`count` images), `mip` (one
+    maximum-intensity projection onto `plane`). window: a preset name, "C,W", or
     three windows joined by "+" ("lung+liver+bone") as the red, green and blue channels, so one
     image carries what a radiologist reads in three; `composite` is "lung+mediastinum+bone".
     `image_size`: longer side in px.
     """
 
-    strategy: Literal["montage", "slices", "mip"] = "montage"
+    strategy: Literal["montage", "slabs", "slices", "mip"] = "montage"
     count: int = 9
     plane: Literal["axial", "coronal", "sagittal"] = "axial"
     window: str = "composite"
     image_size: int | None = None
 
     def __post_init__(self) -> None:
-        if self.strategy not in ("montage", "slices", "mip"):
-            raise ConfigError(f"view strategy must be montage, slices or mip; got "
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(f"view strategy must be one of {', '.join(STRATEGIES)}; got "
                               f"{self.strategy!r}")
         if self.count < 1:
             raise ConfigError(f"view count must be at least 1; got {self.count}")
@@ -93,7 +97,8 @@ def render_views(volume: Volume, spec: ViewSpec) -> list[View]:
                           slice_indices=view.slice_indices,
                           sop_instance_uids=view.sop_instance_uids,
                           frame_numbers=view.frame_numbers, window=view.window,
-                          description=description, pixel_mm=view.pixel_mm, tiles=view.tiles))
+                          description=description, pixel_mm=view.pixel_mm, tiles=view.tiles,
+                          tile_slices=view.tile_slices))
     return views
 
 
@@ -102,6 +107,8 @@ def _strategy(volume: Volume, spec: ViewSpec, window: Any) -> list[View]:
         return even_slices(volume, spec.count, window)
     if spec.strategy == "mip":
         return [mip(volume, spec.plane, window)]
+    if spec.strategy == "slabs":
+        return [slab_montage(volume, spec.count, window=window)]
     return [montage(volume, spec.count, window=window)]
 
 

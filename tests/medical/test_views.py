@@ -15,7 +15,9 @@ from domainvlm.medical.views import (
     even_slices,
     mip,
     montage,
+    pick_slabs,
     pick_slices,
+    slab_montage,
     windowed_volume,
 )
 
@@ -103,6 +105,7 @@ def test_mip_shows_the_patient_the_same_whatever_the_acquisition(
     assert view.plane == plane and view.window == SOFT and view.pixel_mm == 1.0
     assert view.slice_indices == tuple(range(volume.shape[0]))
     assert view.sop_instance_uids == volume.sop_instance_uids and view.tiles == ()
+    assert view.slices_at(0, 0) == ()
     assert view.description.startswith(f"{plane} maximum-intensity projection")
 
 
@@ -124,7 +127,7 @@ def test_even_slices_point_back_to_their_dicom(acquired: dict[str, Volume]) -> N
         (k,) = view.slice_indices
         assert view.sop_instance_uids == (volume.sop_instance_uids[k],)
         assert view.frame_numbers == (None,) and view.window == PRESETS["lung"]
-        assert view.tiles == ((0, 0, NX, NY),) and view.slice_at(3, 3) == k
+        assert view.tiles == ((0, 0, NX, NY),) and view.slices_at(3, 3) == (k,)
         assert view.image.shape == (NY, NX)
     assert views[1].description == ("axial slice 6 of 10 (at 5.0 mm), window center -600 / "
                                     "width 1500")
@@ -165,9 +168,9 @@ def test_montage_tiles_left_to_right_and_maps_back(acquired: dict[str, Volume]) 
     singles = {v.slice_indices[0]: v.image for v in even_slices(volume, 5, SOFT)}
     for k, (x0, y0, x1, y1) in zip(view.slice_indices, view.tiles, strict=True):
         assert np.array_equal(view.image[y0:y1, x0:x1], singles[k])
-        assert view.slice_at(x0, y0) == k and view.slice_at(x1 - 1, y1 - 1) == k
+        assert view.slices_at(x0, y0) == (k,) and view.slices_at(x1 - 1, y1 - 1) == (k,)
     assert view.tiles[3] == (0, NY + 2, NX, 2 * NY + 2)  # second row starts at the left
-    assert view.slice_at(NX, 0) is None  # the gap
+    assert view.slices_at(NX, 0) == ()  # the gap
     assert np.all(view.image[NY + 2:, 2 * (NX + 2):] == 128)  # the empty sixth cell
     assert view.sop_instance_uids == tuple(volume.sop_instance_uids[k] for k in (1, 3, 5, 7, 9))
     assert "in 2 rows of 3" in view.description and "2, 4, 6, 8, 10 of 10" in view.description
@@ -177,6 +180,49 @@ def test_montage_tile_size_and_default_grid(acquired: dict[str, Volume]) -> None
     view = montage(acquired["axial"], 4, tile_size=7, window=SOFT, gap=0)
     assert view.image.shape == (2 * 6, 2 * 7)  # 12 x 14 tiles scaled to 6 x 7, 2 x 2 grid
     assert view.pixel_mm == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize(("count", "n", "expected"), [
+    (10, 4, [(0, 1), (2, 3, 4), (5, 6), (7, 8, 9)]),
+    (16, 4, [(0, 1, 2, 3), (4, 5, 6, 7), (8, 9, 10, 11), (12, 13, 14, 15)]),
+    (3, 5, [(0,), (1,), (2,)]),  # more slabs than slices: one slice each
+])
+def test_pick_slabs_covers_every_slice_once(count: int, n: int,
+                                            expected: list[tuple[int, ...]]) -> None:
+    assert pick_slabs(count, n) == expected
+
+
+def test_slab_montage_shows_each_slab_mip_and_maps_back(acquired: dict[str, Volume]) -> None:
+    """Every slice lands in one tile at its brightest: the same picture whatever the
+    acquisition direction of an axial stack."""
+    h = patient()
+    for name in ("axial", "axial, rotated 180"):
+        view = slab_montage(acquired[name], 4, window=SOFT, gap=2)
+        assert view.tile_slices == ((0, 1), (2, 3, 4), (5, 6), (7, 8, 9))
+        assert view.slice_indices == tuple(range(NZ)) and view.image.shape == (2 * NY + 2,
+                                                                              2 * NX + 2)
+        for slab, (x0, y0, x1, y1) in zip(view.tile_slices, view.tiles, strict=True):
+            expected = shown(h[slab[0]:slab[-1] + 1].max(axis=0))
+            assert np.array_equal(view.image[y0:y1, x0:x1], expected), (name, slab)
+            assert view.slices_at(x1 - 1, y1 - 1) == slab
+        assert view.slices_at(NX, 0) == ()  # the gap
+    assert "montage of 4 axial slab maximum-intensity projections (slices 1-2, 3-5, 6-7, " \
+        "8-10 of 10" in view.description
+
+
+def test_slab_montage_finds_what_a_slice_montage_skips(tmp_path: Path) -> None:
+    """A nodule on one slice between the slices a 4-slice montage picks shows in the slabs."""
+    hu = np.full((12, 16, 16), -850.0, np.float32)
+    hu[4, 8, 8] = 30.0  # on slice 4, which the montage shows (it picks 1, 4, 7, 10)
+    hu[5, 3, 3] = 30.0  # on slice 5, which it skips
+    volume = write(tmp_path / "lungs", hu)
+    lung = PRESETS["lung"]
+    shown_slices = montage(volume, 4, window=lung)
+    assert 5 not in shown_slices.slice_indices
+    slabs = slab_montage(volume, 4, window=lung)
+    bright = shown(np.float32(30.0), lung)
+    assert int((slabs.image == bright).sum()) == 2
+    assert int((shown_slices.image == bright).sum()) == 1
 
 
 def test_windowed_volume_matches_one_window_call(acquired: dict[str, Volume]) -> None:
