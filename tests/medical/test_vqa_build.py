@@ -114,6 +114,7 @@ def test_the_image_is_an_rgb_composite_of_three_windows(built):
     (ViewSpec(strategy="slices", count=3, window="lung"), 3),
     (ViewSpec(strategy="mip", plane="coronal", window="bone"), 1),
     (ViewSpec(strategy="montage", count=4, window="40,400", image_size=64), 1),
+    (ViewSpec(strategy="slabs", count=4, window="lung"), 1),
 ])
 def test_view_strategies(cohort, tmp_path, spec, n_images):
     labels = [r for r in read_labels(cohort / "labels.jsonl")][:2]
@@ -121,6 +122,9 @@ def test_view_strategies(cohort, tmp_path, spec, n_images):
               deid=DeidConfig(project_key=KEY), views=spec, fractions={"train": 1.0})
     (row, *_) = records_of(tmp_path / "out" / "train.jsonl")
     assert len(row["image"]) == n_images
+    if spec.strategy == "slabs":  # every one of the 16 slices shows, in one of 4 slab MIPs
+        assert row["views"][0]["slices"] == list(range(16))
+        assert "4 axial slab maximum-intensity projections" in row["views"][0]["description"]
     if spec.image_size:
         from PIL import Image
 
