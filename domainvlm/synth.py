@@ -182,18 +182,19 @@ def write_shapes_dataset(output: Path | str, n_images: int = 32, seed: int = 0,
     """Write images plus train.jsonl / eval.jsonl (split by image) in `output`."""
     if world not in WORLDS:
         raise ValueError(f"unknown world {world!r}; valid worlds: {', '.join(WORLDS)}")
-    kind = WORLDS[world]
+    scene_world = WORLDS[world]
+    ask = balanced_questions if scene_world.balanced else scene_questions
     rng = random.Random(seed)
     output = Path(output)
     (output / "images").mkdir(parents=True, exist_ok=True)
     n_eval = round(n_images * eval_fraction)
     rows: dict[str, list[dict]] = {"train": [], "eval": []}
     for index in range(n_images):
-        shapes = random_scene(rng, kind)
+        shapes = random_scene(rng, scene_world)
         name = f"images/scene_{index:05d}.png"
-        draw_scene(shapes, image_size, rng, rng.choice(BACKGROUNDS), kind).save(output / name)
+        draw_scene(shapes, image_size, rng, rng.choice(BACKGROUNDS), scene_world).save(
+            output / name)
         split = "eval" if index < n_eval else "train"
-        ask = balanced_questions if kind.balanced else scene_questions
         rows[split] += [{"image": name, **qa} for qa in ask(shapes, rng)]
     paths = {}
     for split, items in rows.items():

@@ -91,7 +91,7 @@ def even_slices(volume: Volume, n: int, window: WindowLike = None) -> list[View]
     plane = acquisition_plane(volume)
     views = []
     for k in pick_slices(volume.shape[0], n):
-        unit, pixel_mm = _display_slice(volume, k, plane, win)
+        unit, pixel_mm = _display_slice(volume, volume.values[k], plane, win)
         image = to_uint8(unit)
         views.append(View(
             image=image, plane=plane, slice_indices=(k,),
@@ -136,7 +136,7 @@ def montage(volume: Volume, n: int, columns: int | None = None, window: WindowLi
     win = _window(volume, window)
     plane = acquisition_plane(volume)
     indices = pick_slices(volume.shape[0], n)
-    units = [_display_slice(volume, k, plane, win) for k in indices]
+    units = [_display_slice(volume, volume.values[k], plane, win) for k in indices]
     image, boxes, pixel_mm, grid = _tile(units, columns, tile_size, gap)
     return View(
         image=image, plane=plane, slice_indices=tuple(indices),
@@ -169,8 +169,8 @@ def slab_montage(volume: Volume, n: int, columns: int | None = None,
     win = _window(volume, window)
     plane = acquisition_plane(volume)
     slabs = pick_slabs(volume.shape[0], n)
-    units = [_to_display(apply_window(volume.values[slab[0]:slab[-1] + 1].max(axis=0), *win),
-                         [1, 2], plane, volume) for slab in slabs]
+    units = [_display_slice(volume, volume.values[slab[0]:slab[-1] + 1].max(axis=0), plane, win)
+             for slab in slabs]
     image, boxes, pixel_mm, grid = _tile(units, columns, tile_size, gap)
     ranges = ", ".join(f"{s[0] + 1}-{s[-1] + 1}" if len(s) > 1 else f"{s[0] + 1}"
                        for s in slabs)
@@ -247,8 +247,10 @@ def _axis_directions(volume: Volume) -> np.ndarray:
     return np.stack([np.asarray(volume.normal), orientation[3:], orientation[:3]])
 
 
-def _display_slice(volume: Volume, k: int, plane: str, win: Window) -> tuple[np.ndarray, float]:
-    return _to_display(apply_window(volume.values[k], *win), [1, 2], plane, volume)
+def _display_slice(volume: Volume, values: np.ndarray, plane: str,
+                   win: Window) -> tuple[np.ndarray, float]:
+    """One stored slice (or a slab's projection) of `volume` windowed and shown upright."""
+    return _to_display(apply_window(values, *win), [1, 2], plane, volume)
 
 
 def _to_display(unit: np.ndarray, axes: Sequence[int], plane: str,

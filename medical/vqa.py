@@ -12,9 +12,9 @@ from __future__ import annotations
 import json
 from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from domainvlm.atomic import new_folder
 from domainvlm.errors import ConfigError, DataError
@@ -30,7 +30,8 @@ from domainvlm.medical.views import View, even_slices, mip, montage, slab_montag
 COMPOSITE = ("lung", "mediastinum", "bone")  # red, green, blue
 
 
-STRATEGIES = ("montage", "slabs", "slices", "mip")
+Strategy = Literal["montage", "slabs", "slices", "mip"]
+STRATEGIES = get_args(Strategy)
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,7 @@ class ViewSpec:
     `image_size`: longer side in px.
     """
 
-    strategy: Literal["montage", "slabs", "slices", "mip"] = "montage"
+    strategy: Strategy = "montage"
     count: int = 9
     plane: Literal["axial", "coronal", "sagittal"] = "axial"
     window: str = "composite"
@@ -93,12 +94,8 @@ def render_views(volume: Volume, spec: ViewSpec) -> list[View]:
         if len(parts) > 1:
             description = description.rsplit(", window", 1)[0] + (
                 f", RGB = {', '.join(windows)} windows")
-        views.append(View(image=_resize(image, spec.image_size), plane=view.plane,
-                          slice_indices=view.slice_indices,
-                          sop_instance_uids=view.sop_instance_uids,
-                          frame_numbers=view.frame_numbers, window=view.window,
-                          description=description, pixel_mm=view.pixel_mm, tiles=view.tiles,
-                          tile_slices=view.tile_slices))
+        views.append(_resized(replace(view, image=image, description=description),
+                              spec.image_size))
     return views
 
 
@@ -112,15 +109,19 @@ def _strategy(volume: Volume, spec: ViewSpec, window: Any) -> list[View]:
     return [montage(volume, spec.count, window=window)]
 
 
-def _resize(image: Any, size: int | None) -> Any:
+def _resized(view: View, size: int | None) -> View:
+    """`view` with its longer side `size` px; its tiles and pixel size follow the image."""
+    image = view.image
     if not size or max(image.shape[:2]) == size:
-        return image
+        return view
     import numpy as np
     from PIL import Image
 
     scale = size / max(image.shape[:2])
     shape = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
-    return np.asarray(Image.fromarray(image).resize(shape, Image.Resampling.LANCZOS))
+    resized = np.asarray(Image.fromarray(image).resize(shape, Image.Resampling.LANCZOS))
+    tiles = tuple(tuple(round(v * scale) for v in box) for box in view.tiles)
+    return replace(view, image=resized, pixel_mm=view.pixel_mm / scale, tiles=tiles)
 
 
 @dataclass

@@ -241,3 +241,19 @@ def test_public_vqa_is_written_split_by_scan(tmp_path):
     assert scans["train"] and scans["test"] and not scans["train"] & scans["test"]
     rows = records_of(tmp_path / "out" / "train.jsonl")
     assert rows[0]["question_type"] == "closed"
+
+
+def test_resized_views_keep_tiles_and_pixel_size_true(cohort):
+    """A montage scaled to image_size still maps each tile box to its slices."""
+    from domainvlm.medical.series import load_volume
+    from domainvlm.medical.vqa import render_views
+
+    volume = load_volume(cohort / "patient-0000")
+    (full,) = render_views(volume, ViewSpec(strategy="slabs", count=4, window="lung"))
+    (small,) = render_views(volume, ViewSpec(strategy="slabs", count=4, window="lung",
+                                             image_size=max(full.image.shape) // 2))
+    assert max(small.image.shape) == max(full.image.shape) // 2
+    assert small.pixel_mm == pytest.approx(2 * full.pixel_mm, rel=0.02)
+    assert small.tile_slices == full.tile_slices
+    for big, little in zip(full.tiles, small.tiles, strict=True):
+        assert all(abs(2 * b - a) <= 2 for a, b in zip(big, little, strict=True))
