@@ -126,6 +126,32 @@ def eval_command(
         typer.echo(line)
 
 
+@app.command("probe")
+def probe_command(
+    model: Annotated[str, typer.Option(help="Model (hub id / folder) or an adapter folder.")],
+    train: Annotated[str, typer.Option(help="Questions the probe is fitted on (.jsonl/.json).")],
+    test: Annotated[str, typer.Option(help="Questions it is scored on: other images.")],
+    output: Annotated[Optional[Path], typer.Option(  # noqa: UP045
+        help="Also write the result here as JSON.")] = None,
+) -> None:
+    """Can the closed questions be read off the image features the model's language part
+    receives? A logistic regression per question on pooled features, fitted on TRAIN and
+    scored on TEST, beside always giving the commonest training answer. Run it on a base
+    model before fine-tuning: a probe near the baseline means the vision side must learn."""
+    from domainvlm.evaluation.probe import probe_closed_questions
+    from domainvlm.train.run_dir import write_json_atomic
+
+    result = probe_closed_questions(model, train, test)
+    if output is not None:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(output, result)
+    if not result["by_category"]:
+        typer.echo("no closed question with two or more answers in TRAIN: nothing to probe")
+    for name, row in result["by_category"].items():
+        typer.echo(f"{name}: probe {100 * row['probe_accuracy']:.1f}%, commonest answer "
+                   f"{100 * row['baseline_accuracy']:.1f}% ({row['n']} test questions)")
+
+
 @app.command("merge")
 def merge_command(
     adapter: Annotated[Path, typer.Option(help="Adapter folder of a fine-tuning run.")],

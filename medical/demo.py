@@ -40,6 +40,7 @@ class DemoResult:
     base: dict[str, Any]
     adapted: dict[str, Any]
     timings: dict[str, float] = field(default_factory=dict)
+    probe: dict[str, dict[str, Any]] = field(default_factory=dict)  # "base"/"adapted" -> probe
 
 
 def run_demo(cfg: DemoConfig, reporter: Reporter | None = None) -> DemoResult:
@@ -86,7 +87,10 @@ def run_demo(cfg: DemoConfig, reporter: Reporter | None = None) -> DemoResult:
     adapted = evaluate(str(run.adapter), str(vqa / "test.jsonl"), out / "eval-adapted",
                        batch_size=32, max_new_tokens=12, reporter=reporter)
     lap("adapted evaluation")
-    result = DemoResult(out, base, adapted, timings)
+    probe = {name: _probe(source, vqa, out / f"probe-{name}.json", reporter)
+             for name, source in (("base", model), ("adapted", str(run.adapter)))}
+    lap("feature probes")
+    result = DemoResult(out, base, adapted, timings, probe)
     from domainvlm.medical.demo_report import write_report
 
     write_report(result, cfg, model, vqa)
@@ -117,6 +121,17 @@ def _make_data(cfg: DemoConfig, out: Path, image_size: int, reporter: Reporter) 
     return out / "vqa"
 
 
+def _probe(model: str, vqa: Path, output: Path, reporter: Reporter) -> dict[str, Any]:
+    """Can the closed questions be read off the image features this model's LM receives?"""
+    from domainvlm.evaluation.probe import probe_closed_questions
+    from domainvlm.train.run_dir import write_json_atomic
+
+    result = probe_closed_questions(model, str(vqa / "train.jsonl"), str(vqa / "test.jsonl"),
+                                    reporter=reporter)
+    write_json_atomic(output, result)
+    return result
+
+
 def _image_size(model: str) -> int:
     from transformers import AutoConfig
 
@@ -145,6 +160,14 @@ def summary_rows(result: DemoResult) -> list[tuple[str, str, str]]:
     rows.append(("false premise answered as absent",
                  pct(result.base.get("abstention", {}).get("abstention_rate")),
                  pct(result.adapted.get("abstention", {}).get("abstention_rate"))))
+    probe = {name: (result.probe.get(name) or {}).get("overall") or {}
+             for name in ("base", "adapted")}
+    rows.append(("closed, linear probe on image features",
+                 pct(probe["base"].get("probe_accuracy")),
+                 pct(probe["adapted"].get("probe_accuracy"))))
+    rows.append(("closed, commonest training answer",
+                 pct(probe["base"].get("baseline_accuracy")),
+                 pct(probe["adapted"].get("baseline_accuracy"))))
     for key in ("bleu4", "rouge_l", "meteor", "cider"):
         base_v = result.base.get("open_text", {}).get(key)
         adapted_v = result.adapted.get("open_text", {}).get(key)

@@ -119,6 +119,7 @@ def _markdown(result: Any, cfg: Any, model: str, vqa: Path) -> str:
         f"{_pct(result.adapted['by_category'].get(c))} | "
         f"{result.adapted['by_category'][c]['n']} |" for c in cats)
     timings = "\n".join(f"| {k} | {v:.1f} s |" for k, v in result.timings.items())
+    probe = _probe_table(result.probe)
     return f"""# domainvlm demo: adapting a VLM to CT on held-out patients
 
 Base model: `{model}`. Data: {cfg.patients} synthetic CT patients (`domainvlm.medical.cohort`,
@@ -145,6 +146,19 @@ lesion?" with none); "answered as absent" counts answers such as "There is none.
 
 ![gallery](gallery.png)
 
+## Can the model see the findings? (linear probe)
+
+For each closed question, a logistic regression on the image features the language model
+receives (pooled per scan) is fitted on the training patients and scored on the test patients
+(`domainvlm.evaluation.probe`), beside always giving the commonest training answer. A probe
+near that baseline means the answer is not readable from what the model sees, whatever the
+language model learns; a probe well above it that the model's answers do not reach means the
+language side has not learned to use what it sees.
+
+| question type | probe, base features | probe, adapted features | commonest answer | questions |
+| --- | --- | --- | --- | --- |
+{probe}
+
 ## Run
 
 Settings: `{json.dumps(config_dict(cfg))}`. Adapter: `finetune/adapter` (PEFT format).
@@ -158,6 +172,18 @@ The base model is a nano model pretrained on synthetic shapes, not a medical mod
 is synthetic: these numbers show that the pipeline adapts a model to a new imaging domain and
 measures it honestly, not that anything here is fit for clinical use.
 """
+
+
+def _probe_table(probe: dict[str, dict[str, Any]]) -> str:
+    base, adapted = probe["base"]["by_category"], probe["adapted"]["by_category"]
+
+    def pct(row: dict[str, Any] | None, key: str) -> str:
+        return "-" if row is None else f"{100 * row[key]:.1f}%"
+
+    return "\n".join(f"| {c} | {pct(base[c], 'probe_accuracy')} | "
+                     f"{pct(adapted.get(c), 'probe_accuracy')} | "
+                     f"{pct(base[c], 'baseline_accuracy')} | {base[c]['n']} |"
+                     for c in sorted(base))
 
 
 def _pct(metrics: dict[str, Any] | None) -> str:

@@ -27,6 +27,11 @@ def test_shrunken_demo_end_to_end(tmp_path):
     assert f"{100 * adapted['vqa']['closed_accuracy']:.1f}%" in report
     assert "false premise answered as absent" in report
     assert "held-out patients: base vs adapted" in result.stdout
+    for name in ("base", "adapted"):  # every presence question on a test scan is probed
+        probe = json.loads((out / f"probe-{name}.json").read_text())["by_category"]
+        assert probe["presence"]["n"] == base["by_category"]["presence"]["n"]
+    assert "Can the model see the findings? (linear probe)" in report
+    assert "closed, linear probe on image features" in result.stdout
     train = {json.loads(x)["patient"] for x in (out / "vqa" / "train.jsonl").read_text()
              .splitlines()}
     test = {json.loads(x)["patient"] for x in (out / "vqa" / "test.jsonl").read_text()

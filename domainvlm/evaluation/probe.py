@@ -1,0 +1,159 @@
+"""Can the answer be read off what the language model is shown? A linear probe.
+
+When a fine-tuned model stays near chance on a kind of question, the first thing to know is
+whether the image features the language model receives (vision tower and projector output)
+tell the answers apart at all. For every closed question asked on the training images, a
+logistic regression on those features, pooled per image (mean and max over the image tokens),
+is fitted on the training split and scored on the test split, beside the baseline of always
+giving that question's most common training answer. A probe near its baseline says the
+answer is not linearly readable from what the model sees: fine-tuning the language model
+alone cannot fix that, the vision side must learn (or a base model that sees it is needed).
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from typing import Any
+
+from domainvlm.data.records import Record, load_records
+from domainvlm.evaluation.metrics import is_closed_question, normalize_answer
+from domainvlm.progress import Reporter
+
+L2_GRID = (1e-3, 1e-2, 1e-1, 1.0)  # chosen per question by cross-validation on train only
+FOLDS = 4
+
+
+def probe_closed_questions(model: str, train: str, test: str, *,
+                           reporter: Reporter | None = None) -> dict[str, Any]:
+    """Probe and baseline accuracy on `test` per category (record `category`, else "closed").
+
+    `model` is a model or adapter folder. Only answerable closed questions with at least two
+    different answers among the training images are probed.
+    """
+    train_records, test_records = _closed(load_records(train)), _closed(load_records(test))
+    questions = _probed_questions(train_records)
+    train_records = [r for r in train_records if r.question in questions]
+    test_records = [r for r in test_records if r.question in questions]
+    if not questions or not test_records:
+        return {"model": model, "by_category": {}, "overall": None}
+    features = image_features(model, train_records + test_records, reporter=reporter)
+    hits: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])  # probe, baseline, n
+    for question in sorted(questions):
+        fit = [r for r in train_records if r.question == question]
+        scored = [r for r in test_records if r.question == question]
+        if not scored:
+            continue
+        predicted = _fit_predict([features[_key(r)] for r in fit], [_answer(r) for r in fit],
+                                 [features[_key(r)] for r in scored])
+        common = Counter(_answer(r) for r in fit).most_common(1)[0][0]
+        for record, guess in zip(scored, predicted, strict=True):
+            tally = hits[record.extra.get("category") or "closed"]
+            tally[0] += guess == _answer(record)
+            tally[1] += common == _answer(record)
+            tally[2] += 1
+    by_category = {name: {"probe_accuracy": p / n, "baseline_accuracy": b / n, "n": n}
+                   for name, (p, b, n) in sorted(hits.items())}
+    total = [sum(t[i] for t in hits.values()) for i in range(3)]
+    overall = ({"probe_accuracy": total[0] / total[2], "baseline_accuracy": total[1] / total[2],
+                "n": total[2]} if total[2] else None)
+    return {"model": model, "by_category": by_category, "overall": overall}
+
+
+def image_features(model: str, records: list[Record], *,
+                   reporter: Reporter | None = None) -> dict[str, Any]:
+    """Image-set key -> the features the language model receives, mean- and max-pooled."""
+    import torch
+
+    from domainvlm.adapter_io import load_with_adapter
+    from domainvlm.data.encode import encode_records, image_token_id
+    from domainvlm.data.prompting import PromptFormat
+    from domainvlm.errors import ConfigError
+    from domainvlm.train.vision_cache import FEATURE_KEY, attach_image_features
+
+    loaded = load_with_adapter(model)
+    processor = loaded.processor
+    token = image_token_id(processor)
+    if token is None:
+        raise ConfigError(f"{model}: its processor names no image token, so the image "
+                          "features cannot be told apart from the text; it cannot be probed")
+    unique = {_key(r): r for r in records}
+    samples = encode_records(list(unique.values()), PromptFormat.from_processor(
+        processor, loaded.family), max_length=1_000_000)
+    tokenizer = processor.tokenizer
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    loaded.model.eval()
+    with (reporter or Reporter()).task("image features to probe", total=len(samples)) as advance:
+        attach_image_features(loaded.model, samples, token, pad, progress=advance)
+    return {key: torch.cat([s[FEATURE_KEY].float().mean(0), s[FEATURE_KEY].float().amax(0)])
+            for key, s in zip(unique, samples, strict=True)}
+
+
+def _closed(records: list[Record]) -> list[Record]:
+    return [r for r in records if r.answerable is not False
+            and (str(r.question_type or "").lower() == "closed"
+                 or (not r.question_type and is_closed_question(r.answer)))]
+
+
+def _probed_questions(records: list[Record]) -> set[str]:
+    answers: dict[str, set[str]] = defaultdict(set)
+    for record in records:
+        answers[record.question].add(_answer(record))
+    return {question for question, seen in answers.items() if len(seen) > 1}
+
+
+def _key(record: Record) -> str:
+    from domainvlm.data.images import image_digest
+
+    return "|".join(image_digest(image) for image in record.images)
+
+
+def _answer(record: Record) -> str:
+    return normalize_answer(record.answer)
+
+
+def _fit_predict(train_x: list[Any], train_y: list[str], test_x: list[Any]) -> list[str]:
+    """Multinomial logistic regression on standardised features, L2 picked by k-fold CV."""
+    import torch
+
+    x, z = torch.stack(train_x), torch.stack(test_x)
+    mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
+    x, z = (x - mean) / std, (z - mean) / std
+    labels = sorted(set(train_y))
+    y = torch.tensor([labels.index(a) for a in train_y])
+    folds = torch.arange(len(y)) % FOLDS
+
+    def cv_accuracy(l2: float) -> float:
+        right = 0
+        for fold in range(FOLDS):
+            held = folds == fold
+            if held.all() or not held.any():
+                continue
+            weights = _logistic(x[~held], y[~held], len(labels), l2)
+            right += int(((_logits(x[held], weights)).argmax(1) == y[held]).sum())
+        return right
+
+    l2 = max(L2_GRID, key=cv_accuracy)  # ties keep the smallest penalty that wins
+    weights = _logistic(x, y, len(labels), l2)
+    return [labels[i] for i in _logits(z, weights).argmax(1).tolist()]
+
+
+def _logistic(x: Any, y: Any, classes: int, l2: float) -> tuple[Any, Any]:
+    import torch
+
+    weight = torch.zeros(x.shape[1], classes, requires_grad=True)
+    bias = torch.zeros(classes, requires_grad=True)
+    optimizer = torch.optim.LBFGS([weight, bias], max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure() -> Any:
+        optimizer.zero_grad()
+        loss = (torch.nn.functional.cross_entropy(x @ weight + bias, y)
+                + l2 * weight.pow(2).sum() / 2)
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return weight.detach(), bias.detach()
+
+
+def _logits(x: Any, weights: tuple[Any, Any]) -> Any:
+    return x @ weights[0] + weights[1]
