@@ -145,8 +145,6 @@ def probe_command(
     if output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(output, result)
-    if not result["by_category"]:
-        typer.echo("no closed question with two or more answers in TRAIN: nothing to probe")
     for name, row in result["by_category"].items():
         typer.echo(f"{name}: probe {100 * row['probe_accuracy']:.1f}%, commonest answer "
                    f"{100 * row['baseline_accuracy']:.1f}% ({row['n']} test questions)")

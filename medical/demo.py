@@ -39,8 +39,8 @@ class DemoResult:
     output: Path
     base: dict[str, Any]
     adapted: dict[str, Any]
+    probe: dict[str, dict[str, Any]]  # "base" / "adapted" -> domainvlm.evaluation.probe result
     timings: dict[str, float] = field(default_factory=dict)
-    probe: dict[str, dict[str, Any]] = field(default_factory=dict)  # "base"/"adapted" -> probe
 
 
 def run_demo(cfg: DemoConfig, reporter: Reporter | None = None) -> DemoResult:
@@ -90,7 +90,7 @@ def run_demo(cfg: DemoConfig, reporter: Reporter | None = None) -> DemoResult:
     probe = {name: _probe(source, vqa, out / f"probe-{name}.json", reporter)
              for name, source in (("base", model), ("adapted", str(run.adapter)))}
     lap("feature probes")
-    result = DemoResult(out, base, adapted, timings, probe)
+    result = DemoResult(out, base, adapted, probe, timings)
     from domainvlm.medical.demo_report import write_report
 
     write_report(result, cfg, model, vqa)
@@ -160,8 +160,7 @@ def summary_rows(result: DemoResult) -> list[tuple[str, str, str]]:
     rows.append(("false premise answered as absent",
                  pct(result.base.get("abstention", {}).get("abstention_rate")),
                  pct(result.adapted.get("abstention", {}).get("abstention_rate"))))
-    probe = {name: (result.probe.get(name) or {}).get("overall") or {}
-             for name in ("base", "adapted")}
+    probe = {name: result.probe[name]["overall"] or {} for name in ("base", "adapted")}
     rows.append(("closed, linear probe on image features",
                  pct(probe["base"].get("probe_accuracy")),
                  pct(probe["adapted"].get("probe_accuracy"))))

@@ -151,9 +151,9 @@ lesion?" with none); "answered as absent" counts answers such as "There is none.
 For each closed question, a logistic regression on the image features the language model
 receives (pooled per scan) is fitted on the training patients and scored on the test patients
 (`domainvlm.evaluation.probe`), beside always giving the commonest training answer. A probe
-near that baseline means the answer is not readable from what the model sees, whatever the
-language model learns; a probe well above it that the model's answers do not reach means the
-language side has not learned to use what it sees.
+near that baseline means the answer is not linearly readable from what the language model is
+shown, so the vision side has to learn; a probe well above it that the model's answers do not
+reach means the language side has not learned to use what it sees.
 
 | question type | probe, base features | probe, adapted features | commonest answer | questions |
 | --- | --- | --- | --- | --- |

@@ -3,11 +3,12 @@
 When a fine-tuned model stays near chance on a kind of question, the first thing to know is
 whether the image features the language model receives (vision tower and projector output)
 tell the answers apart at all. For every closed question asked on the training images, a
-logistic regression on those features, pooled per image (mean and max over the image tokens),
-is fitted on the training split and scored on the test split, beside the baseline of always
-giving that question's most common training answer. A probe near its baseline says the
-answer is not linearly readable from what the model sees: fine-tuning the language model
-alone cannot fix that, the vision side must learn (or a base model that sees it is needed).
+logistic regression on those features, pooled per record (mean and max over all its image
+tokens), is fitted on the training split and scored on the test split, beside the baseline of
+always giving that question's most common training answer. A probe near its baseline says the
+answer is not linearly readable from the pooled features: a strong hint that the vision side
+must learn (or that a base model that sees it is needed), though a few tokens or their layout
+may still carry what pooling hides.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections import Counter, defaultdict
 from typing import Any
 
 from domainvlm.data.records import Record, load_records
+from domainvlm.errors import DataError
 from domainvlm.evaluation.metrics import is_closed_question, normalize_answer
 from domainvlm.progress import Reporter
 
@@ -28,26 +30,37 @@ def probe_closed_questions(model: str, train: str, test: str, *,
     """Probe and baseline accuracy on `test` per category (record `category`, else "closed").
 
     `model` is a model or adapter folder. Only answerable closed questions with at least two
-    different answers among the training images are probed.
+    different answers among the training images are probed; TRAIN and TEST must not share an
+    image (a probe scored on images it was fitted on overstates).
     """
     train_records, test_records = _closed(load_records(train)), _closed(load_records(test))
     questions = _probed_questions(train_records)
+    if not questions:
+        raise DataError(f"{train}: no closed, answerable question is asked there with two or "
+                        "more different answers, so there is nothing to probe")
     train_records = [r for r in train_records if r.question in questions]
     test_records = [r for r in test_records if r.question in questions]
-    if not questions or not test_records:
-        return {"model": model, "by_category": {}, "overall": None}
-    features = image_features(model, train_records + test_records, reporter=reporter)
+    if not test_records:
+        raise DataError(f"{test}: asks none of the closed questions probed on {train}; give "
+                        "held-out records of the same questions")
+    keys = {id(r): _key(r) for r in train_records + test_records}
+    shared = {keys[id(r)] for r in train_records} & {keys[id(r)] for r in test_records}
+    if shared:
+        raise DataError(f"{len(shared)} image(s) of {test} also appear in {train}; split by "
+                        "image (or patient) so that the probe is scored on unseen images")
+    features = image_features(model, train_records + test_records, keys, reporter=reporter)
     hits: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])  # probe, baseline, n
     for question in sorted(questions):
         fit = [r for r in train_records if r.question == question]
         scored = [r for r in test_records if r.question == question]
         if not scored:
             continue
-        predicted = _fit_predict([features[_key(r)] for r in fit], [_answer(r) for r in fit],
-                                 [features[_key(r)] for r in scored])
+        predicted = _fit_predict([features[keys[id(r)]] for r in fit],
+                                 [_answer(r) for r in fit],
+                                 [features[keys[id(r)]] for r in scored])
         common = Counter(_answer(r) for r in fit).most_common(1)[0][0]
         for record, guess in zip(scored, predicted, strict=True):
-            tally = hits[record.extra.get("category") or "closed"]
+            tally = hits[record.extra.get("category") or "uncategorised"]
             tally[0] += guess == _answer(record)
             tally[1] += common == _answer(record)
             tally[2] += 1
@@ -59,24 +72,33 @@ def probe_closed_questions(model: str, train: str, test: str, *,
     return {"model": model, "by_category": by_category, "overall": overall}
 
 
-def image_features(model: str, records: list[Record], *,
+def image_features(model: str, records: list[Record], keys: dict[int, str], *,
                    reporter: Reporter | None = None) -> dict[str, Any]:
-    """Image-set key -> the features the language model receives, mean- and max-pooled."""
+    """keys[id(record)] -> the features the language model receives for that record's images,
+    mean- and max-pooled over all their tokens."""
     import torch
 
     from domainvlm.adapter_io import load_with_adapter
     from domainvlm.data.encode import encode_records, image_token_id
     from domainvlm.data.prompting import PromptFormat
     from domainvlm.errors import ConfigError
-    from domainvlm.train.vision_cache import FEATURE_KEY, attach_image_features
+    from domainvlm.train.vision_cache import (
+        FEATURE_KEY,
+        attach_image_features,
+        language_model_of,
+    )
 
     loaded = load_with_adapter(model)
     processor = loaded.processor
     token = image_token_id(processor)
+    try:
+        language_model_of(loaded.model)
+    except ValueError as exc:
+        raise ConfigError(f"{model}: {exc}; the probe reads the language model's input") from None
     if token is None:
         raise ConfigError(f"{model}: its processor names no image token, so the image "
                           "features cannot be told apart from the text; it cannot be probed")
-    unique = {_key(r): r for r in records}
+    unique = {keys[id(r)]: r for r in records}
     samples = encode_records(list(unique.values()), PromptFormat.from_processor(
         processor, loaded.family), max_length=1_000_000)
     tokenizer = processor.tokenizer
@@ -90,7 +112,7 @@ def image_features(model: str, records: list[Record], *,
 
 def _closed(records: list[Record]) -> list[Record]:
     return [r for r in records if r.answerable is not False
-            and (str(r.question_type or "").lower() == "closed"
+            and (str(r.question_type or "").strip().lower() == "closed"
                  or (not r.question_type and is_closed_question(r.answer)))]
 
 
@@ -126,7 +148,7 @@ def _fit_predict(train_x: list[Any], train_y: list[str], test_x: list[Any]) -> l
         right = 0
         for fold in range(FOLDS):
             held = folds == fold
-            if held.all() or not held.any():
+            if not held.any():  # fewer records than folds
                 continue
             weights = _logistic(x[~held], y[~held], len(labels), l2)
             right += int(((_logits(x[held], weights)).argmax(1) == y[held]).sum())

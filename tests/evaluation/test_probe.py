@@ -69,11 +69,20 @@ def test_probe_command_prints_and_writes_the_result(tiny_models, colour_data, tm
             f"{100 * written['baseline_accuracy']:.1f}% (40 test questions)") in done.stdout
 
 
-def test_probe_of_open_questions_only_says_there_is_nothing_to_probe(tiny_models, colour_data,
-                                                                    tmp_path):
-    rows = [json.loads(x) for x in (colour_data / "train.jsonl").read_text().splitlines()]
-    open_only = tmp_path / "open.jsonl"
-    open_only.write_text("".join(json.dumps({**r, "image": str(colour_data / r["image"])})
+@pytest.mark.parametrize("case", ["open questions only", "test is train"])
+def test_probe_refuses_data_it_cannot_score_honestly(tiny_models, colour_data, tmp_path, case):
+    train = colour_data / "train.jsonl"
+    if case == "open questions only":
+        rows = [json.loads(x) for x in train.read_text().splitlines()]
+        train = tmp_path / "open.jsonl"
+        train.write_text("".join(json.dumps({**r, "image": str(colour_data / r["image"])})
                                  + "\n" for r in rows if r["question_type"] == "open"))
-    result = probe_closed_questions(str(tiny_models("llava")), str(open_only), str(open_only))
-    assert result["by_category"] == {} and result["overall"] is None
+        expected = "nothing to probe"
+    else:
+        expected = "60 image(s) of"
+    done = subprocess.run(
+        [sys.executable, "-m", "domainvlm.cli", "probe", "--model", str(tiny_models("llava")),
+         "--train", str(train), "--test", str(colour_data / "train.jsonl")],
+        capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2
+    assert expected in done.stderr and "Traceback" not in done.stderr
