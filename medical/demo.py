@@ -160,13 +160,12 @@ def summary_rows(result: DemoResult) -> list[tuple[str, str, str]]:
     rows.append(("false premise answered as absent",
                  pct(result.base.get("abstention", {}).get("abstention_rate")),
                  pct(result.adapted.get("abstention", {}).get("abstention_rate"))))
-    probe = {name: result.probe[name]["overall"] or {} for name in ("base", "adapted")}
+    probe = {name: result.probe[name]["overall"] for name in ("base", "adapted")}
     rows.append(("closed, linear probe on image features",
-                 pct(probe["base"].get("probe_accuracy")),
-                 pct(probe["adapted"].get("probe_accuracy"))))
+                 pct(probe["base"]["probe_accuracy"]), pct(probe["adapted"]["probe_accuracy"])))
     rows.append(("closed, commonest training answer",
-                 pct(probe["base"].get("baseline_accuracy")),
-                 pct(probe["adapted"].get("baseline_accuracy"))))
+                 pct(probe["base"]["baseline_accuracy"]),
+                 pct(probe["adapted"]["baseline_accuracy"])))
     for key in ("bleu4", "rouge_l", "meteor", "cider"):
         base_v = result.base.get("open_text", {}).get(key)
         adapted_v = result.adapted.get("open_text", {}).get(key)

@@ -12,7 +12,7 @@ from typing import Any
 from domainvlm.data.images import open_image
 from domainvlm.data.prompting import PromptFormat
 from domainvlm.data.records import Record
-from domainvlm.errors import DataError
+from domainvlm.errors import ConfigError, DataError
 
 IGNORE_INDEX = -100
 
@@ -72,6 +72,15 @@ def image_token_id(processor: Any) -> int | None:
     if token_id is None and getattr(processor, "image_token", None):
         token_id = processor.tokenizer.convert_tokens_to_ids(processor.image_token)
     return token_id
+
+
+def pad_token_id(processor: Any) -> int:
+    """The id batches are padded with: the tokenizer's pad token, else its end-of-sequence."""
+    tokenizer = processor.tokenizer
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if pad is None:
+        raise ConfigError("the tokenizer has neither a pad nor an eos token; set pad_token")
+    return pad
 
 
 def encode_records(records: list[Record], fmt: PromptFormat, max_length: int,

@@ -66,9 +66,8 @@ def probe_closed_questions(model: str, train: str, test: str, *,
             tally[2] += 1
     by_category = {name: {"probe_accuracy": p / n, "baseline_accuracy": b / n, "n": n}
                    for name, (p, b, n) in sorted(hits.items())}
-    total = [sum(t[i] for t in hits.values()) for i in range(3)]
-    overall = ({"probe_accuracy": total[0] / total[2], "baseline_accuracy": total[1] / total[2],
-                "n": total[2]} if total[2] else None)
+    probe, baseline, n = (sum(t[i] for t in hits.values()) for i in range(3))
+    overall = {"probe_accuracy": probe / n, "baseline_accuracy": baseline / n, "n": n}
     return {"model": model, "by_category": by_category, "overall": overall}
 
 
@@ -79,7 +78,7 @@ def image_features(model: str, records: list[Record], keys: dict[int, str], *,
     import torch
 
     from domainvlm.adapter_io import load_with_adapter
-    from domainvlm.data.encode import encode_records, image_token_id
+    from domainvlm.data.encode import encode_records, image_token_id, pad_token_id
     from domainvlm.data.prompting import PromptFormat
     from domainvlm.errors import ConfigError
     from domainvlm.train.vision_cache import (
@@ -101,11 +100,10 @@ def image_features(model: str, records: list[Record], keys: dict[int, str], *,
     unique = {keys[id(r)]: r for r in records}
     samples = encode_records(list(unique.values()), PromptFormat.from_processor(
         processor, loaded.family), max_length=1_000_000)
-    tokenizer = processor.tokenizer
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     loaded.model.eval()
     with (reporter or Reporter()).task("image features to probe", total=len(samples)) as advance:
-        attach_image_features(loaded.model, samples, token, pad, progress=advance)
+        attach_image_features(loaded.model, samples, token, pad_token_id(processor),
+                              progress=advance)
     return {key: torch.cat([s[FEATURE_KEY].float().mean(0), s[FEATURE_KEY].float().amax(0)])
             for key, s in zip(unique, samples, strict=True)}
 

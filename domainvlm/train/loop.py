@@ -16,7 +16,7 @@ from typing import Any
 
 from domainvlm.data.cache import load_or_encode
 from domainvlm.data.collate import collate
-from domainvlm.data.encode import IGNORE_INDEX, image_token_id
+from domainvlm.data.encode import IGNORE_INDEX, image_token_id, pad_token_id
 from domainvlm.data.prompting import PromptFormat
 from domainvlm.data.records import load_records
 from domainvlm.errors import ConfigError
@@ -77,7 +77,7 @@ def finetune(cfg: FinetuneConfig, reporter: Reporter | None = None) -> RunResult
                         resolution=cfg.resolution)
     model, processor, family = loaded.model, loaded.processor, loaded.family
     fmt = PromptFormat.from_processor(processor, family)
-    pad_id = _pad_id(processor)
+    pad_id = pad_token_id(processor)
     with accelerator.main_process_first():
         train = _samples(cfg.data, fmt, cfg, reporter, "train")
         evals = _samples(cfg.eval_data, fmt, cfg, reporter, "eval") if cfg.eval_data else []
@@ -326,14 +326,6 @@ def _scheduler(cfg: FinetuneConfig, optimizer, total_steps: int):
     name = {"constant": "constant_with_warmup"}.get(cfg.schedule, cfg.schedule)
     return get_scheduler(name, optimizer, num_warmup_steps=round(cfg.warmup_ratio * total_steps),
                          num_training_steps=total_steps)
-
-
-def _pad_id(processor) -> int:
-    tokenizer = processor.tokenizer
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    if pad is None:
-        raise ConfigError("the tokenizer has neither a pad nor an eos token; set pad_token")
-    return pad
 
 
 def _tensorboard(folder: Path):
