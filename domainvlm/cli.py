@@ -60,7 +60,7 @@ def _finetune_command():
         values = load_yaml(path) if path else {}
         for key, value in options.items():
             if value is not None:
-                values[key] = value.split(",") if key == "lora_targets" else value
+                values[key] = value.split(",") if key in ("lora_targets", "frozen") else value
         cfg = build_config(values, source=f"config {path}" if path else "options")
         result = run(cfg)
         typer.echo(f"adapter: {result.adapter}  steps: {result.steps}  "
@@ -202,7 +202,7 @@ def info_command(
         typer.echo(line)
 
 
-nano_app = typer.Typer(help="The nano base model: a tiny LLaVA pretrained here on synthetic "
+nano_app = typer.Typer(help="The nano base model: a small FastVLM pretrained here on synthetic "
                        "scenes, the default model of `domainvlm demo`.", no_args_is_help=True,
                        rich_markup_mode=None)
 app.add_typer(nano_app, name="nano")
@@ -212,8 +212,9 @@ app.add_typer(nano_app, name="nano")
 def nano_pretrain_command(
     force: Annotated[bool, typer.Option(help="Rebuild even if the cache has it.")] = False,
 ) -> None:
-    """Pretrain the nano model from its recipe (a few minutes on a CPU) into the cache;
-    later runs reuse it. Deterministic by the recipe's seed."""
+    """Pretrain the nano model from its recipe into the cache (about half an hour on 2 CPU
+    cores; the package ships the default recipe's result); later runs reuse it.
+    Deterministic by the recipe's seed."""
     import shutil
 
     from domainvlm.nano import ensure_nano, nano_path

@@ -37,6 +37,8 @@ _QWEN_RESOLUTION = {"min_pixels": "shortest_edge", "max_pixels": "longest_edge"}
 FAMILIES: tuple[Family, ...] = (
     Family("llava", ("llava",)),
     Family("llava-next", ("llava_next",)),
+    # The projector output reaches the model as one tensor (FastVlmModel calls .to() on it).
+    Family("fast-vlm", ("fast_vlm",), image_features_as="tensor"),
     Family("qwen2-vl", ("qwen2_vl",), resolution_keys=_QWEN_RESOLUTION),
     Family("qwen2.5-vl", ("qwen2_5_vl",), resolution_keys=_QWEN_RESOLUTION),
     Family("idefics3", ("idefics3", "smolvlm"), nest_images=True, image_features_as="tensor"),

@@ -1,13 +1,15 @@
-"""The nano base model: a tiny LLaVA that this project pretrains itself, so the main job runs
-with no hub and no GPU.
+"""The nano base model: a small FastVLM that this project pretrains itself, so the main job
+runs with no hub and no GPU.
 
-The recipe is code (`NanoRecipe`): a `small` LLaVA from `domainvlm.tiny` (CLIP vision tower +
-Llama language model, ~5 M parameters, random init) is fully fine-tuned by our own engine on
-the generic synthetic world of `domainvlm.synth` (shapes: existence, colour, shape, size, count,
-side, captions, "There is none." for false premises). The default recipe's result ships in the
-package (`domainvlm/assets/nano`, 20 MB: pretraining takes ~4 min on 2 CPU cores, longer than
-the demo itself); any other recipe, or `domainvlm nano pretrain --force`, is built and cached
-under `$DOMAINVLM_CACHE/nano/<recipe hash>`. Either loads with plain
+The recipe is code (`NanoRecipe`): a `small` FastVLM from `domainvlm.tiny` (timm FastViT
+convolutional tower + Llama language model, 7.7 M parameters, random init) whose tower first
+learns to find spots in a generic findings world (`domainvlm.tower_pretext`), then whose
+projector and language model our own engine fine-tunes on the generic synthetic worlds
+(`domainvlm.synth` shapes and `domainvlm.findings_world` spots: existence, colour, shape, size,
+count, side, captions, "There is none." for false premises). The default recipe's result ships
+in the package (`domainvlm/assets/nano`, float16 on disk); any other recipe, or `domainvlm nano
+pretrain --force`, is built and cached under `$DOMAINVLM_CACHE/nano/<recipe hash>` (the tower
+stage apart, under its own key, as it is the long one). Either loads with plain
 `AutoModelForImageTextToText.from_pretrained`. Users pass `--model <hub id>` instead.
 """
 
@@ -28,19 +30,33 @@ from domainvlm.progress import Reporter
 class NanoRecipe:
     """Everything that decides the nano model's weights: same recipe, same model."""
 
-    family: str = "llava"
+    family: str = "fast-vlm"
     size: str = "small"
-    image_size: int = 192  # 8x8 patches of 24 px: 64 image tokens
+    image_size: int = 192  # 6x6 cells of 32 px: 36 image tokens
+    tower_steps: int = 1000  # spot-detection pretext of the vision tower; 0 skips it
+    tower_batch_size: int = 32
+    tower_learning_rate: float = 1e-3
+    tower_position_weight: float = 1.0  # weight of the "where is this cell" target; 0: none
     world: str = "plain"  # see domainvlm.synth.WORLDS
-    scenes: int = 900
+    scenes: int = 600
+    findings_scenes: int = 2000  # domainvlm.findings_world scenes beside the shapes
     epochs: float = 1.0
     learning_rate: float = 1e-3
     batch_size: int = 16
     seed: int = 0
 
     def key(self) -> str:
-        text = json.dumps(asdict(self), sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()[:12]
+        return _digest(asdict(self))
+
+    def tower_key(self) -> str:
+        """What decides the model after the tower stage (cached apart: it is the long one)."""
+        names = ("family", "size", "image_size", "tower_steps", "tower_batch_size",
+                 "tower_learning_rate", "tower_position_weight", "seed")
+        return _digest({name: getattr(self, name) for name in names})
+
+
+def _digest(fields: dict) -> str:
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
 
 
 DEFAULT_RECIPE = NanoRecipe()
@@ -77,34 +93,110 @@ def ensure_nano(recipe: NanoRecipe = DEFAULT_RECIPE, reporter: Reporter | None =
 
 def pretrain_nano(output: Path, recipe: NanoRecipe = DEFAULT_RECIPE,
                   reporter: Reporter | None = None) -> Path:
-    """Build, pretrain and publish the nano model at `output` (absent or empty) atomically."""
+    """Build, pretrain and publish the nano model at `output` (absent or empty) atomically.
+
+    Two stages: the vision tower learns to find spots (`domainvlm.tower_pretext`, cached on
+    its own), then, with that tower frozen, the projector and language model learn to answer
+    questions about shapes and spots with our fine-tuning engine.
+    """
     import tempfile
 
-    from domainvlm.synth import write_shapes_dataset
-    from domainvlm.tiny import build_tiny_model
     from domainvlm.train.config import FinetuneConfig
     from domainvlm.train.loop import finetune
 
     reporter = reporter or Reporter()
     with tempfile.TemporaryDirectory(prefix="nano-") as work, new_folder(output) as partial:
         work = Path(work)
-        reporter.line(f"pretraining the nano base model ({recipe.scenes} synthetic scenes, "
-                      f"recipe {recipe.key()}); it is cached for later runs")
-        base = build_tiny_model(recipe.family, work / "random", seed=recipe.seed,
-                                image_size=recipe.image_size, size=recipe.size)
-        data = write_shapes_dataset(work / "data", recipe.scenes, seed=recipe.seed,
-                                    image_size=recipe.image_size, eval_fraction=0.05,
-                                    world=recipe.world)
+        reporter.line(f"pretraining the nano base model (recipe {recipe.key()}); it is cached "
+                      "for later runs")
+        base = _tower_stage(recipe, work, reporter)
+        data = _language_data(work / "data", recipe)
         result = finetune(FinetuneConfig(
-            model=str(base), data=str(data["train"]), output=work / "run", method="full",
-            epochs=recipe.epochs, learning_rate=recipe.learning_rate,
-            batch_size=recipe.batch_size, warmup_ratio=0.05, seed=recipe.seed,
-            cache_dir=work / "cache"), reporter)
-        for item in result.adapter.iterdir():
-            shutil.copy2(item, partial / item.name)
+            model=str(base), data=str(data), output=work / "run", method="full",
+            frozen=["vision"] if recipe.tower_steps else [], epochs=recipe.epochs,
+            learning_rate=recipe.learning_rate, batch_size=recipe.batch_size,
+            warmup_ratio=0.05, seed=recipe.seed, cache_dir=work / "cache"), reporter)
+        _save_half(result.adapter, partial)
         (partial / "recipe.json").write_text(json.dumps(asdict(recipe), indent=2) + "\n")
         (partial / "README.md").write_text(_card(recipe, result.final_loss, result.seconds))
     return output
+
+
+def _tower_stage(recipe: NanoRecipe, work: Path, reporter: Reporter) -> Path:
+    """The recipe's random model, its vision tower pretrained on spots (cached by tower key)."""
+    from domainvlm.tiny import build_tiny_model
+
+    def build(folder: Path) -> Path:
+        return build_tiny_model(recipe.family, folder, seed=recipe.seed,
+                                image_size=recipe.image_size, size=recipe.size)
+
+    if not recipe.tower_steps:
+        return build(work / "random")
+    path = nano_cache_root() / f"tower-{recipe.tower_key()}"
+    if (path / "config.json").is_file():
+        return path
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from domainvlm.tower_pretext import pretrain_tower
+
+    random_init = build(work / "random")
+    model = AutoModelForImageTextToText.from_pretrained(random_init)
+    processor = AutoProcessor.from_pretrained(random_init)
+    tower = model.model.vision_tower
+    if not hasattr(tower, "timm_model"):
+        raise ValueError(f"tower_steps needs a convolutional (timm) vision tower; the "
+                         f"{recipe.family} family has {type(tower).__name__}: set tower_steps=0")
+    pretrain_tower(tower, processor.image_processor, steps=recipe.tower_steps,
+                   batch_size=recipe.tower_batch_size,
+                   learning_rate=recipe.tower_learning_rate, seed=recipe.seed,
+                   image_size=recipe.image_size,
+                   position_weight=recipe.tower_position_weight, reporter=reporter)
+    with new_folder(path) as partial:
+        model.save_pretrained(partial)
+        processor.save_pretrained(partial)
+    return path
+
+
+def _language_data(folder: Path, recipe: NanoRecipe) -> Path:
+    """Shapes and spots questions in one training file (image paths relative to it)."""
+    from domainvlm.findings_world import write_findings_dataset
+    from domainvlm.synth import write_shapes_dataset
+
+    shapes = write_shapes_dataset(folder / "shapes", recipe.scenes, seed=recipe.seed,
+                                  image_size=recipe.image_size, eval_fraction=0.0,
+                                  world=recipe.world)["train"]
+    parts = [("shapes", shapes)]
+    if recipe.findings_scenes:
+        parts.append(("spots", write_findings_dataset(
+            folder / "spots", recipe.findings_scenes, seed=recipe.seed,
+            image_size=recipe.image_size)))
+    lines = []
+    for name, path in parts:
+        for line in path.read_text(encoding="utf-8").splitlines():
+            row = json.loads(line)
+            row["image"] = f"{name}/{row['image']}"
+            lines.append(json.dumps(row) + "\n")
+    mixed = folder / "train.jsonl"
+    mixed.write_text("".join(lines), encoding="utf-8")
+    return mixed
+
+
+def _save_half(model_dir: Path, dest: Path) -> None:
+    """The model with float16 weights (half the bytes: the package ships them) that load as
+    float32, plus its processor files."""
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    for item in model_dir.iterdir():
+        if item.is_file() and not item.name.endswith(".safetensors"):
+            shutil.copy2(item, dest / item.name)
+    model = AutoModelForImageTextToText.from_pretrained(model_dir)
+    model.to(torch.float16).save_pretrained(dest)
+    config = json.loads((dest / "config.json").read_text())
+    for part in (config, config.get("text_config", {}), config.get("vision_config", {})):
+        if "dtype" in part:
+            part["dtype"] = "float32"
+    (dest / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def _card(recipe: NanoRecipe, loss: float | None, seconds: float) -> str:
@@ -115,14 +207,20 @@ tags: [domainvlm, nano, synthetic]
 ---
 # domainvlm nano ({recipe.family}, recipe {recipe.key()})
 
-**What it is.** A ~5 M-parameter LLaVA (CLIP vision tower, Llama language model, a byte-level
-BPE tokenizer of 1,500 tokens) initialised at random and then fully fine-tuned by domainvlm for
-{recipe.epochs:g} epoch(s) on {recipe.scenes} synthetic scenes of coloured shapes
-(`domainvlm.synth`, {recipe.world} world, seed {recipe.seed}, {recipe.image_size} px):
-questions on existence, colour, shape, size, count and side, one-line captions, and
-"There is none." for questions about shapes that are absent. Final training loss
-{loss if loss is None else round(loss, 3)}, {seconds:.0f} s on the machine that built it.
-Recipe: `recipe.json`; rebuild with `domainvlm nano pretrain`.
+**What it is.** A small {recipe.family} ({recipe.size} size: a timm FastViT convolutional
+vision tower, a Llama language model, a byte-level BPE tokenizer of 1,500 tokens; weights stored
+as float16, loaded as float32) initialised at random and pretrained by domainvlm in two stages.
+First the vision tower learns, for {recipe.tower_steps} steps of {recipe.tower_batch_size} new
+scenes, which 32 px cells of a generic "findings" world hold a spot (`domainvlm.findings_world`:
+1-6 px discs, faint or strong, in a field of regions and texture seen through three random
+windows; no anatomy) and where each cell lies (the tower has no position embedding). Then,
+with the tower frozen, the projector and language model are fully fine-tuned for
+{recipe.epochs:g} epoch(s) on {recipe.scenes} scenes of coloured shapes (`domainvlm.synth`,
+{recipe.world} world) and {recipe.findings_scenes} spot scenes, seed {recipe.seed},
+{recipe.image_size} px: questions on existence, colour, shape, size, count and
+side, captions, and "There is none." for questions about things that are absent. Final
+training loss {loss if loss is None else round(loss, 3)}, {seconds:.0f} s for the language stage
+on the machine that built it. Recipe: `recipe.json`; rebuild with `domainvlm nano pretrain`.
 
 **What it is not.** It has never seen a photograph, a scan or real language. It knows a few
 hundred words and answers in the short forms of its training data. It exists so that the

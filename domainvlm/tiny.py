@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-FAMILIES = ("llava", "llava-next", "qwen2-vl", "qwen2.5-vl", "idefics3", "paligemma")
+FAMILIES = ("llava", "llava-next", "qwen2-vl", "qwen2.5-vl", "idefics3", "paligemma", "fast-vlm")
 
 _VOCAB_SIZE = 1500
+FAST_VLM_STRIDE = 32  # FastViT's last feature map: one image token per 32x32 pixels
 
 
 @dataclass(frozen=True)
@@ -31,13 +32,17 @@ class ModelSize:
     vision_hidden: int = 32
     vision_layers: int = 2
     grid: int = 1
+    # FastVLM's convolutional tower (timm FastViT): blocks and widths of its four stages.
+    conv_layers: tuple[int, ...] = (1, 1, 1, 1)
+    conv_widths: tuple[int, ...] = (32, 64, 128, 256)
 
 
 # "tiny" (~280 k parameters) for tests; "small" (~5 M, 64 image tokens for LLaVA at 64 px) gives
 # benchmarks a per-step cost dominated by the model rather than by Python overhead.
 SIZES = {
     "tiny": ModelSize(),
-    "small": ModelSize(hidden=256, layers=6, vision_hidden=128, vision_layers=4, grid=2),
+    "small": ModelSize(hidden=256, layers=6, vision_hidden=128, vision_layers=4, grid=2,
+                       conv_layers=(2, 2, 4, 2), conv_widths=(48, 96, 192, 384)),  # FastViT-T8
 }
 
 
@@ -263,6 +268,34 @@ def _llava(size: int, dims: ModelSize) -> Built:
     return tf.LlavaForConditionalGeneration(config), proc
 
 
+def _fast_vlm(size: int, dims: ModelSize) -> Built:
+    """FastVLM: a timm FastViT tower (convolutions, then attention at stride 32) + Llama.
+
+    One image token per 32 px cell of the tower's last feature map, no CLS token.
+    """
+    import transformers as tf
+
+    tok = _llama_tokenizer()
+    proc = tf.LlavaProcessor(
+        _clip_processor(size), tok, patch_size=FAST_VLM_STRIDE, chat_template=_LLAVA_TEMPLATE,
+        vision_feature_select_strategy="full", num_additional_image_tokens=0,
+    )
+    tower = tf.TimmWrapperConfig(
+        architecture="fastvit_t8", do_pooling=False, hidden_size=2 * dims.conv_widths[-1],
+        model_args={"layers": dims.conv_layers, "embed_dims": dims.conv_widths},
+    )
+    config = tf.FastVlmConfig(
+        vision_config=tower,
+        text_config=tf.LlamaConfig(**_text_kwargs(tok, dims)),
+        image_token_index=tok.image_token_id,
+        vision_feature_select_strategy="full",
+        vision_feature_layer=-1,
+        image_seq_length=(size // FAST_VLM_STRIDE) ** 2,
+        projector_hidden_act="gelu",
+    )
+    return tf.FastVlmForConditionalGeneration(config), proc
+
+
 def _llava_next(size: int, dims: ModelSize) -> Built:
     import transformers as tf
 
@@ -412,6 +445,7 @@ _BUILDERS: dict[str, Callable[[int, ModelSize], Built]] = {
     "qwen2.5-vl": lambda size, dims: _qwen(size, dims, v25=True),
     "idefics3": _idefics3,
     "paligemma": _paligemma,
+    "fast-vlm": _fast_vlm,
 }
 
 _CARD = """---

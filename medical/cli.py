@@ -12,6 +12,8 @@ from typing import Annotated
 
 import typer
 
+from domainvlm.medical.demo import DemoConfig
+
 app = typer.Typer(
     help="DICOM in: inspect, render, de-identify, synthesise CT, build VQA data.\n\n"
     "Start with `domainvlm dicom info PATH` on a file, folder or .zip.",
@@ -250,9 +252,14 @@ def demo_command(
         Path("runs/demo")),
     model: Annotated[str, typer.Option(
         help="Base model (hub id or folder); default: the nano model, built on first use.")] = "",
-    patients: Annotated[int, typer.Option(min=10, help="Synthetic CT patients.")] = 240,
-    epochs: Annotated[float, typer.Option(min=0.1)] = 3.0,
-    learning_rate: Annotated[float, typer.Option(min=0.0)] = 1e-3,
+    patients: Annotated[int, typer.Option(min=10, help="Synthetic CT patients.")] = (
+        DemoConfig.patients),
+    epochs: Annotated[float, typer.Option(
+        min=0.1, help="Passes of LoRA fine-tuning over the training questions.")] = (
+        DemoConfig.epochs),
+    learning_rate: Annotated[float, typer.Option(
+        min=0.0, help="Peak LoRA learning rate (cosine schedule, 5% warm-up).")] = (
+        DemoConfig.learning_rate),
     seed: int = 0,
     overwrite: Annotated[bool, typer.Option(help="Replace an earlier demo in OUTPUT.")] = False,
 ) -> None:
@@ -264,7 +271,7 @@ def demo_command(
     from rich.console import Console
     from rich.table import Table
 
-    from domainvlm.medical.demo import DemoConfig, run_demo, summary_rows
+    from domainvlm.medical.demo import run_demo, summary_rows
 
     started = time.perf_counter()
     result = run_demo(DemoConfig(output=output, model=model or None, patients=patients,

@@ -124,7 +124,7 @@ def _markdown(result: Any, cfg: Any, model: str, vqa: Path) -> str:
 
 Base model: `{model}`. Data: {cfg.patients} synthetic CT patients (`domainvlm.medical.cohort`,
 seed {cfg.seed}, {cfg.slices} slices of 64x64) written as DICOM, de-identified
-(PS3.15 Basic Profile) and rendered as one {VIEW['count']}-slice montage per scan
+(PS3.15 Basic Profile) and rendered as one montage of {VIEW['count']} slab MIPs per scan
 (RGB = {VIEW['window'].replace('+', ', ')} windows). Questions per split (by patient, no patient
 in two splits): {build['records']}; patients: {build['patients']}. Scores below are on the
 **test** patients only, which neither training nor model selection saw.

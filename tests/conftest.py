@@ -10,6 +10,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
 
+from domainvlm.nano import NanoRecipe  # noqa: E402
 from domainvlm.synth import write_shapes_dataset  # noqa: E402
 from domainvlm.tiny import FAMILIES, build_tiny_model  # noqa: E402
 
@@ -35,11 +36,11 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="session")
 def tiny_nano() -> Path:
-    """The nano recipe shrunk (tiny model, 12 scenes): pretrained by our engine once a session."""
-    from domainvlm.nano import NanoRecipe, ensure_nano
+    """The nano recipe shrunk (tiny model, a few scenes): pretrained by our engine once a
+    session."""
+    from domainvlm.nano import ensure_nano
 
-    return ensure_nano(NanoRecipe(size="tiny", image_size=64, scenes=12, epochs=1.0,
-                                  batch_size=8))
+    return ensure_nano(TINY_NANO_RECIPE)
 
 
 @pytest.fixture(scope="session")
@@ -61,3 +62,5 @@ def shapes_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 ALL_FAMILIES = list(FAMILIES)
+TINY_NANO_RECIPE = NanoRecipe(size="tiny", image_size=64, tower_steps=6, tower_batch_size=4,
+                              scenes=12, findings_scenes=8, epochs=1.0, batch_size=8)

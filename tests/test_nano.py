@@ -1,5 +1,6 @@
-"""The nano recipe: our engine fully fine-tunes a tiny LLaVA on the synthetic world, caches it,
-and plain transformers loads the result. A shrunken recipe keeps this fast."""
+"""The nano recipe: a FastVLM whose tower first learns to find spots, then our engine trains
+its projector and language model on the synthetic worlds; cached, and plain transformers loads
+the result. A shrunken recipe keeps this fast."""
 
 from __future__ import annotations
 
@@ -7,24 +8,24 @@ import json
 
 import pytest
 import torch
+from conftest import TINY_NANO_RECIPE as RECIPE
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from domainvlm.nano import NanoRecipe, ensure_nano, nano_path, pretrain_nano
 from domainvlm.tiny import build_tiny_model
 
-RECIPE = NanoRecipe(size="tiny", image_size=64, scenes=12, epochs=1.0, batch_size=8)
-
 
 @pytest.fixture(scope="module")
 def nano(tiny_nano):
-    return tiny_nano  # built from RECIPE (the conftest fixture uses the same settings)
+    return tiny_nano  # built from RECIPE by the conftest fixture
 
 
 def test_pretrained_nano_loads_with_plain_transformers_and_says_what_it_is(nano):
     assert nano == nano_path(RECIPE)
     model = AutoModelForImageTextToText.from_pretrained(nano)
     processor = AutoProcessor.from_pretrained(nano)
-    assert type(model).__name__ == "LlavaForConditionalGeneration"
+    assert type(model).__name__ == "FastVlmForConditionalGeneration"
+    assert next(model.parameters()).dtype == torch.float32  # stored as float16, loads as 32
     assert processor.image_processor.crop_size["height"] == RECIPE.image_size
     assert json.loads((nano / "recipe.json").read_text())["scenes"] == RECIPE.scenes
     card = (nano / "README.md").read_text()
@@ -33,13 +34,13 @@ def test_pretrained_nano_loads_with_plain_transformers_and_says_what_it_is(nano)
 
 def test_every_weight_was_trained(nano, tmp_path):
     random_init = AutoModelForImageTextToText.from_pretrained(
-        build_tiny_model("llava", tmp_path / "random", seed=RECIPE.seed,
+        build_tiny_model(RECIPE.family, tmp_path / "random", seed=RECIPE.seed,
                          image_size=RECIPE.image_size, size=RECIPE.size))
     trained = AutoModelForImageTextToText.from_pretrained(nano)
     before = dict(random_init.named_parameters())
     changed = {name: not torch.equal(before[name], p) for name, p in trained.named_parameters()}
     parts = {"vision_tower", "multi_modal_projector", "language_model"}
-    for part in parts:  # full fine-tuning: every component moved, not only LoRA layers
+    for part in parts:  # the tower by its pretext, the rest by full fine-tuning
         assert any(c for n, c in changed.items() if part in n), part
 
 
@@ -63,7 +64,35 @@ def test_shipped_nano_is_the_default_recipe_and_loads():
     assert shipped_nano(DEFAULT_RECIPE) == SHIPPED
     assert shipped_nano(NanoRecipe(seed=99)) is None
     model = AutoModelForImageTextToText.from_pretrained(SHIPPED)
-    assert 4_000_000 < sum(p.numel() for p in model.parameters()) < 6_000_000
+    assert 7_000_000 < sum(p.numel() for p in model.parameters()) < 8_000_000
+    assert (SHIPPED / "model.safetensors").stat().st_size < 25 * 2**20  # float16 on disk
     assert AutoProcessor.from_pretrained(SHIPPED).image_processor.crop_size["height"] == (
         DEFAULT_RECIPE.image_size)
     assert "What it is not" in (SHIPPED / "README.md").read_text()
+
+
+def test_tower_stage_is_cached_apart_and_reused_by_language_stage_changes(nano, tmp_path):
+    from dataclasses import replace
+
+    from domainvlm.nano import nano_cache_root
+
+    tower = nano_cache_root() / f"tower-{RECIPE.tower_key()}"
+    stamp = (tower / "model.safetensors").stat().st_mtime_ns
+    other_language_stage = replace(RECIPE, scenes=RECIPE.scenes + 2)
+    assert other_language_stage.tower_key() == RECIPE.tower_key()
+    assert other_language_stage.key() != RECIPE.key()
+    assert replace(RECIPE, tower_steps=RECIPE.tower_steps + 1).tower_key() != RECIPE.tower_key()
+    pretrain_nano(tmp_path / "other", other_language_stage)
+    assert (tower / "model.safetensors").stat().st_mtime_ns == stamp  # not trained again
+    trained = AutoModelForImageTextToText.from_pretrained(tmp_path / "other").state_dict()
+    pretext = AutoModelForImageTextToText.from_pretrained(tower).state_dict()
+    vision = [k for k in pretext if "vision_tower" in k]
+    assert vision and all(torch.equal(trained[k], pretext[k].half().float()) for k in vision)
+
+
+def test_tower_pretext_needs_a_convolutional_tower(tmp_path):
+    recipe = NanoRecipe(family="llava", size="tiny", image_size=64, tower_steps=2,
+                        scenes=4, findings_scenes=0)
+    with pytest.raises(ValueError, match="convolutional .* set tower_steps=0"):
+        pretrain_nano(tmp_path / "nano", recipe)
+    assert not (tmp_path / "nano").exists()

@@ -20,6 +20,7 @@ ARCHITECTURES = {
     "qwen2.5-vl": "Qwen2_5_VLForConditionalGeneration",
     "idefics3": "Idefics3ForConditionalGeneration",
     "paligemma": "PaliGemmaForConditionalGeneration",
+    "fast-vlm": "FastVlmForConditionalGeneration",
 }
 CHAT_FAMILIES = [f for f in FAMILIES if f != "paligemma"]
 END_OF_TURN = {
@@ -28,6 +29,7 @@ END_OF_TURN = {
     "qwen2-vl": "<|im_end|>",
     "qwen2.5-vl": "<|im_end|>",
     "idefics3": "<end_of_utterance>",
+    "fast-vlm": "</s>",
 }
 QUESTION = "Is there a lesion?"
 

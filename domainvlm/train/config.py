@@ -33,6 +33,11 @@ class FinetuneConfig(BaseModel):
         default_factory=lambda: ["language"],
         description="Where LoRA goes: language, vision, projector (never Conv layers)",
     )
+    frozen: list[Component] = Field(
+        default_factory=list,
+        description="With method full: parts kept as they are, weights and batch-norm "
+        "statistics (e.g. a pretrained vision tower)",
+    )
     epochs: float = Field(3.0, gt=0)
     max_steps: int | None = Field(None, gt=0, description="Stop after this many steps")
     batch_size: int = Field(8, gt=0, description="Samples per optimizer step (all processes)")
@@ -72,6 +77,9 @@ class FinetuneConfig(BaseModel):
                 f"`micro_batch_size` ({self.micro_batch_size}) cannot exceed `batch_size` "
                 f"({self.batch_size})"
             )
+        if self.frozen and self.method != "full":
+            raise ValueError("`frozen` applies to method full; with LoRA, choose the trained "
+                             "parts with `lora_targets`")
         if self.resume and self.overwrite:
             raise ValueError("`resume` and `overwrite` exclude each other; pick one")
         return self

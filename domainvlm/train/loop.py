@@ -25,7 +25,13 @@ from domainvlm.progress import Reporter
 from domainvlm.train import checkpoint as ckpt
 from domainvlm.train.batching import epoch_batches, micro_batches
 from domainvlm.train.config import FinetuneConfig
-from domainvlm.train.lora import apply_lora, parameter_report
+from domainvlm.train.lora import (
+    COMPONENT_NAMES,
+    apply_lora,
+    freeze_components,
+    parameter_report,
+    train_mode,
+)
 from domainvlm.train.run_dir import (
     check_output,
     claim_output,
@@ -87,7 +93,9 @@ def finetune(cfg: FinetuneConfig, reporter: Reporter | None = None) -> RunResult
         claim_output(cfg.output, cfg.fingerprint_fields(), overwrite=cfg.overwrite)
     accelerator.wait_for_everyone()
 
-    frozen_vision = cfg.method != "full" and not {"vision", "projector"} & set(cfg.lora_targets)
+    trained = (set(COMPONENT_NAMES) - set(cfg.frozen) if cfg.method == "full"
+               else set(cfg.lora_targets))
+    frozen_vision = not {"vision", "projector"} & trained
     img_id = image_token_id(processor)
     if (cfg.vision_cache == "auto" and frozen_vision and family.image_features_as
             and img_id is not None
@@ -101,6 +109,7 @@ def finetune(cfg: FinetuneConfig, reporter: Reporter | None = None) -> RunResult
     else:
         model = apply_lora(model, method=cfg.method, r=cfg.lora_r, alpha=cfg.alpha,
                            dropout=cfg.lora_dropout, components=cfg.lora_targets)
+    frozen_parts = freeze_components(model, set(COMPONENT_NAMES) - trained)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     reporter.parameters(parameter_report(model))
@@ -123,7 +132,7 @@ def finetune(cfg: FinetuneConfig, reporter: Reporter | None = None) -> RunResult
     lengths = [len(s["input_ids"]) for s in train]
 
     # --- train -------------------------------------------------------------------------------
-    model.train()
+    train_mode(model, frozen_parts)
     started, seen, last_loss = time.perf_counter(), 0, None
     with reporter.task("fine-tuning", total=total_steps, completed=state.step) as advance:
         while state.step < total_steps:
@@ -141,6 +150,7 @@ def finetune(cfg: FinetuneConfig, reporter: Reporter | None = None) -> RunResult
                           or (cfg.eval_every and state.step % cfg.eval_every == 0)):
                 record["eval_loss"] = evaluate_loss(model, evals, cfg.batch_size, pad_id,
                                                     family, accelerator)
+                train_mode(model, frozen_parts)
                 _keep_best(state, record, accelerator, model, processor, cfg.output)
             state.history.append(record)
             _log(writer, record)

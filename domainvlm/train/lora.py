@@ -113,3 +113,20 @@ def apply_lora(model: Any, *, method: str, r: int, alpha: int, dropout: float,
         bias="none",
     )
     return get_peft_model(model, config)
+
+
+def freeze_components(model: Any, components: set[str]) -> list[Any]:
+    """Turn gradients off in `components` (parts that neither full training nor LoRA
+    touch); their modules, for train_mode to keep in eval mode."""
+    parts = [module for name, module in model.named_modules()
+             if name and component_of(name) in components]
+    for module in parts:
+        module.requires_grad_(False)
+    return parts
+
+
+def train_mode(model: Any, frozen_parts: list[Any]) -> None:
+    """Training mode, except frozen parts: their batch-norm statistics stay pretraining's."""
+    model.train()
+    for module in frozen_parts:
+        module.eval()

@@ -15,7 +15,7 @@ def test_shrunken_demo_end_to_end(tmp_path):
     out = tmp_path / "demo"
     result = subprocess.run(  # the default base model: the shipped nano
         [sys.executable, "-m", "domainvlm.cli", "demo", "--output", str(out),
-         "--patients", "20", "--epochs", "3"],
+         "--patients", "24", "--epochs", "8"],
         capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     for name in ("report.md", "loss.png", "accuracy.png", "gallery.png", "timings.json"):

@@ -143,3 +143,24 @@ def test_a_last_batch_smaller_than_the_split_still_trains_every_sample():
     assert split_batch([7, 8, 9], 4) == [[7], [8], [9], []]
     assert micro_batches([7, 8, 9], 1, 0, 4) == [[7], [8], [9], []]
     assert micro_batches([7, 8, 9], 2, 1, 2) == [[8], []]  # rank 1 of 2: one sample, one empty
+
+
+def test_full_training_keeps_frozen_parts_as_they_were(tiny_models, shapes_data, tmp_path):
+    # FastVLM's tower has batch norm: frozen, neither its weights nor its running statistics
+    # may move, while the projector and language model train.
+    from transformers import AutoModelForImageTextToText
+
+    before = AutoModelForImageTextToText.from_pretrained(tiny_models("fast-vlm")).state_dict()
+    result = run(tiny_models, shapes_data, tmp_path, family="fast-vlm", method="full",
+                 frozen=["vision"], max_steps=3)
+    after = AutoModelForImageTextToText.from_pretrained(result.adapter).state_dict()
+    vision = [k for k in before if "vision_tower" in k]
+    assert any("running_mean" in k for k in vision)
+    assert all(torch.equal(before[k], after[k]) for k in vision)
+    for part in ("multi_modal_projector", "language_model"):
+        assert any(not torch.equal(before[k], after[k]) for k in before if part in k), part
+
+
+def test_frozen_parts_need_full_training(tiny_models, shapes_data, tmp_path):
+    with pytest.raises(ConfigError, match="`frozen` applies to method full"):
+        run(tiny_models, shapes_data, tmp_path, frozen=["vision"])

@@ -29,8 +29,16 @@ PATCH_EMBED = {
     "qwen2.5-vl": ("model.visual.patch_embed.proj", torch.nn.Conv3d),
     "idefics3": ("model.vision_model.embeddings.patch_embedding", torch.nn.Conv2d),
     "paligemma": ("model.vision_tower.embeddings.patch_embedding", torch.nn.Conv2d),
+    "fast-vlm": ("model.vision_tower.timm_model.stem.0.conv_kxk.0.conv", torch.nn.Conv2d),
 }
 ALL_PARTS = ["language", "vision", "projector"]
+# FastViT-T8 towers are convolutions only: LoRA has no Linear layer to wrap there.
+NO_VISION_LINEARS = {"fast-vlm"}
+
+
+def wrappable(family: str, components) -> set[str]:
+    """The parts where LoRA finds Linear layers on this family."""
+    return set(components) - ({"vision"} if family in NO_VISION_LINEARS else set())
 
 
 def part_of(name: str) -> str:
@@ -92,7 +100,7 @@ def test_all_parts_add_vision_and_projector_but_no_conv_or_head(base_models, fam
     peft_model = lora(model, ALL_PARTS)
     layers = wrapped(peft_model)
     assert set(layers) == every_linear - {"lm_head"}
-    assert {part_of(name) for name in layers} == set(ALL_PARTS)
+    assert {part_of(name) for name in layers} == wrappable(family, ALL_PARTS)
     assert not convs & set(layers)
     assert all(isinstance(layer, torch.nn.Linear) for layer in layers.values())
     # The patch embedding and the output head are untouched modules of the wrapped model.
@@ -106,6 +114,10 @@ def test_all_parts_add_vision_and_projector_but_no_conv_or_head(base_models, fam
 def test_select_targets_given_to_peft_wraps_exactly_those_layers(base_models, family,
                                                                  components):
     model = base_models(family)
+    if not wrappable(family, components):
+        with pytest.raises(ConfigError, match=r"no Linear layers found in \['vision'\]"):
+            select_targets(model, components)
+        return
     targets = select_targets(model, components)
     expected = linears(model, set(components))
     if isinstance(targets, str):
@@ -133,7 +145,7 @@ def test_parameter_report_matches_a_manual_count(base_models, family, components
     assert report.total == sum(p.numel() for p in peft_model.parameters())
     for part in ALL_PARTS:
         trainable = report.rows[part][0]
-        assert (trainable > 0) == (part in components), part
+        assert (trainable > 0) == (part in wrappable(family, components)), part
 
 
 @pytest.mark.parametrize("family", ALL_FAMILIES)
