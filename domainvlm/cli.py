@@ -217,10 +217,11 @@ def nano_pretrain_command(
     Deterministic by the recipe's seed."""
     import shutil
 
-    from domainvlm.nano import ensure_nano, nano_path
+    from domainvlm.nano import ensure_nano, nano_path, tower_path
 
-    if force:
+    if force:  # both stages: the tower stage is cached apart
         shutil.rmtree(nano_path(), ignore_errors=True)
+        shutil.rmtree(tower_path(), ignore_errors=True)
     typer.echo(f"nano model: {ensure_nano()}")
 
 

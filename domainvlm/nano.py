@@ -132,7 +132,7 @@ def _tower_stage(recipe: NanoRecipe, work: Path, reporter: Reporter) -> Path:
 
     if not recipe.tower_steps:
         return build(work / "random")
-    path = nano_cache_root() / f"tower-{recipe.tower_key()}"
+    path = tower_path(recipe)
     if (path / "config.json").is_file():
         return path
     from transformers import AutoModelForImageTextToText, AutoProcessor
@@ -151,10 +151,17 @@ def _tower_stage(recipe: NanoRecipe, work: Path, reporter: Reporter) -> Path:
                    learning_rate=recipe.tower_learning_rate, seed=recipe.seed,
                    image_size=recipe.image_size,
                    position_weight=recipe.tower_position_weight, reporter=reporter)
+    if (path / "config.json").is_file():  # another process published it meanwhile
+        return path
     with new_folder(path) as partial:
         model.save_pretrained(partial)
         processor.save_pretrained(partial)
     return path
+
+
+def tower_path(recipe: NanoRecipe = DEFAULT_RECIPE) -> Path:
+    """Where the recipe's model after the tower stage is cached."""
+    return nano_cache_root() / f"tower-{recipe.tower_key()}"
 
 
 def _language_data(folder: Path, recipe: NanoRecipe) -> Path:
@@ -188,7 +195,7 @@ def _save_half(model_dir: Path, dest: Path) -> None:
     from transformers import AutoModelForImageTextToText
 
     for item in model_dir.iterdir():
-        if item.is_file() and not item.name.endswith(".safetensors"):
+        if item.is_file() and ".safetensors" not in item.name:  # weights (and any index)
             shutil.copy2(item, dest / item.name)
     model = AutoModelForImageTextToText.from_pretrained(model_dir)
     model.to(torch.float16).save_pretrained(dest)
@@ -207,12 +214,12 @@ tags: [domainvlm, nano, synthetic]
 ---
 # domainvlm nano ({recipe.family}, recipe {recipe.key()})
 
-**What it is.** A small {recipe.family} ({recipe.size} size: a timm FastViT convolutional
+**What it is.** A {recipe.size} {recipe.family} (a timm FastViT convolutional
 vision tower, a Llama language model, a byte-level BPE tokenizer of 1,500 tokens; weights stored
 as float16, loaded as float32) initialised at random and pretrained by domainvlm in two stages.
 First the vision tower learns, for {recipe.tower_steps} steps of {recipe.tower_batch_size} new
 scenes, which 32 px cells of a generic "findings" world hold a spot (`domainvlm.findings_world`:
-1-6 px discs, faint or strong, in a field of regions and texture seen through three random
+discs of 1-6 px radius, faint or strong, in a field of regions and texture seen through three random
 windows; no anatomy) and where each cell lies (the tower has no position embedding). Then,
 with the tower frozen, the projector and language model are fully fine-tuned for
 {recipe.epochs:g} epoch(s) on {recipe.scenes} scenes of coloured shapes (`domainvlm.synth`,

@@ -37,8 +37,9 @@ class ModelSize:
     conv_widths: tuple[int, ...] = (32, 64, 128, 256)
 
 
-# "tiny" (~280 k parameters) for tests; "small" (~5 M, 64 image tokens for LLaVA at 64 px) gives
-# benchmarks a per-step cost dominated by the model rather than by Python overhead.
+# "tiny" (~280 k parameters; ~1 M for FastVLM, whose FastViT tower is 0.7 M) for tests; "small"
+# (~5 M, 64 image tokens for LLaVA at 64 px; 7.7 M for FastVLM) gives benchmarks a per-step
+# cost dominated by the model rather than by Python overhead.
 SIZES = {
     "tiny": ModelSize(),
     "small": ModelSize(hidden=256, layers=6, vision_hidden=128, vision_layers=4, grid=2,
@@ -269,7 +270,7 @@ def _llava(size: int, dims: ModelSize) -> Built:
 
 
 def _fast_vlm(size: int, dims: ModelSize) -> Built:
-    """FastVLM: a timm FastViT tower (convolutions, then attention at stride 32) + Llama.
+    """FastVLM: a timm FastViT tower (RepMixer convolution blocks, no attention) + Llama.
 
     One image token per 32 px cell of the tower's last feature map, no CLS token.
     """
@@ -281,6 +282,7 @@ def _fast_vlm(size: int, dims: ModelSize) -> Built:
         vision_feature_select_strategy="full", num_additional_image_tokens=0,
     )
     tower = tf.TimmWrapperConfig(
+        # FastViT's final 1x1 block doubles the last stage's width (timm's cls_ratio=2).
         architecture="fastvit_t8", do_pooling=False, hidden_size=2 * dims.conv_widths[-1],
         model_args={"layers": dims.conv_layers, "embed_dims": dims.conv_widths},
     )

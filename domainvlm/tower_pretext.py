@@ -4,9 +4,9 @@ A VLM's language stage only tells the tower, through a few answer tokens, whethe
 holds something; that signal is too weak to grow detectors of 1-2 px spots. Here every cell of
 the tower's last feature map learns, through a 1x1 convolution head, whether it holds a spot of
 the generic findings world (`domainvlm.findings_world`), and where in the image it is: a
-convolutional tower has no position embedding, so without that second target its features do
-not say on which side a finding lies, and the language model, which sees one token per cell,
-cannot tell left from right. Measured on CT in README ("What the demo measures today").
+convolutional tower has no position embedding, and the language model sees one token per cell,
+so which side a finding lies on must be in the features. (Measured in README, "What the demo
+measures today": presence transfers to CT; side is not read yet, with or without this target.)
 """
 
 from __future__ import annotations

@@ -32,9 +32,8 @@ class DemoConfig:
     epochs: float = 5.0
     learning_rate: float = 1e-3
     lora_r: int = 16
-    # The nano's convolutional tower stays as pretrained: LoRA reaches only its Linear layers,
-    # and a tower in training mode would re-estimate its batch-norm statistics from a few
-    # hundred scans.
+    # The nano's convolutional tower stays as pretrained: it has no Linear layer for LoRA, and
+    # training its batch-norm statistics on a few hundred scans would not help.
     lora_targets: tuple[str, ...] = ("language", "projector")
     batch_size: int = 16
     overwrite: bool = False

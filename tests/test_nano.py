@@ -38,7 +38,9 @@ def test_every_weight_was_trained(nano, tmp_path):
                          image_size=RECIPE.image_size, size=RECIPE.size))
     trained = AutoModelForImageTextToText.from_pretrained(nano)
     before = dict(random_init.named_parameters())
-    changed = {name: not torch.equal(before[name], p) for name, p in trained.named_parameters()}
+    # The shipped weights are float16 on disk: compare with the random init rounded the same way.
+    changed = {name: not torch.equal(before[name].half().float(), p)
+               for name, p in trained.named_parameters()}
     parts = {"vision_tower", "multi_modal_projector", "language_model"}
     for part in parts:  # the tower by its pretext, the rest by full fine-tuning
         assert any(c for n, c in changed.items() if part in n), part

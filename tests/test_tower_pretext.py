@@ -21,11 +21,12 @@ def test_both_targets_are_learned_and_the_tower_changes(tiny_models):
     tower = model.model.vision_tower
     before = {k: v.clone() for k, v in tower.state_dict().items()}
     result = pretrain_tower(tower, processor.image_processor, steps=60, batch_size=8,
-                            learning_rate=3e-3, seed=0, image_size=128,
+                            learning_rate=3e-3, seed=0, image_size=64,
                             reporter=Reporter(enabled=False))
     assert len(result.spot_losses) == len(result.position_losses) == 60
-    # Where each cell lies is learned from the padding alone; spots are harder to learn on a
-    # tiny tower in 60 steps, but they are learned (new scenes each step: no memorising).
+    # Where each cell lies is learned from the padding alone. The spot loss only has to fall
+    # (new scenes each step: no memorising); that a tower so trained reads CT findings is
+    # measured in README, not here.
     assert mean(result.position_losses[-10:]) < 0.2 * mean(result.position_losses[:10])
     assert mean(result.spot_losses[-20:]) < mean(result.spot_losses[:10])
     assert not tower.training

@@ -36,7 +36,7 @@ class FinetuneConfig(BaseModel):
     frozen: list[Component] = Field(
         default_factory=list,
         description="With method full: parts kept as they are, weights and batch-norm "
-        "statistics (e.g. a pretrained vision tower)",
+        "statistics (e.g. a pretrained vision tower); the LM head belongs to no part and trains",
     )
     epochs: float = Field(3.0, gt=0)
     max_steps: int | None = Field(None, gt=0, description="Stop after this many steps")
@@ -80,6 +80,9 @@ class FinetuneConfig(BaseModel):
         if self.frozen and self.method != "full":
             raise ValueError("`frozen` applies to method full; with LoRA, choose the trained "
                              "parts with `lora_targets`")
+        self.frozen = sorted(set(self.frozen))  # one spelling, one fingerprint
+        if len(self.frozen) == 3:
+            raise ValueError("`frozen` names every part: nothing would train")
         if self.resume and self.overwrite:
             raise ValueError("`resume` and `overwrite` exclude each other; pick one")
         return self

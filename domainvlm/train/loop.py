@@ -31,6 +31,7 @@ from domainvlm.train.lora import (
     freeze_components,
     parameter_report,
     train_mode,
+    untrained_modules,
 )
 from domainvlm.train.run_dir import (
     check_output,
@@ -95,9 +96,9 @@ def finetune(cfg: FinetuneConfig, reporter: Reporter | None = None) -> RunResult
 
     trained = (set(COMPONENT_NAMES) - set(cfg.frozen) if cfg.method == "full"
                else set(cfg.lora_targets))
-    frozen_vision = not {"vision", "projector"} & trained
+    features_fixed = not {"vision", "projector"} & trained
     img_id = image_token_id(processor)
-    if (cfg.vision_cache == "auto" and frozen_vision and family.image_features_as
+    if (cfg.vision_cache == "auto" and features_fixed and family.image_features_as
             and img_id is not None
             and feature_bytes(train + evals, img_id, model) < cfg.vision_cache_max_gb * 2**30):
         with reporter.task("caching image features", total=len(train) + len(evals)) as advance:
@@ -106,10 +107,11 @@ def finetune(cfg: FinetuneConfig, reporter: Reporter | None = None) -> RunResult
     model.config.use_cache = False
     if cfg.method == "full":
         model.requires_grad_(True)
+        freeze_components(model, cfg.frozen)
     else:
         model = apply_lora(model, method=cfg.method, r=cfg.lora_r, alpha=cfg.alpha,
                            dropout=cfg.lora_dropout, components=cfg.lora_targets)
-    frozen_parts = freeze_components(model, set(COMPONENT_NAMES) - trained)
+    frozen_parts = untrained_modules(model)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     reporter.parameters(parameter_report(model))

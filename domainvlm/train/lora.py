@@ -115,18 +115,25 @@ def apply_lora(model: Any, *, method: str, r: int, alpha: int, dropout: float,
     return get_peft_model(model, config)
 
 
-def freeze_components(model: Any, components: set[str]) -> list[Any]:
-    """Turn gradients off in `components` (parts that neither full training nor LoRA
-    touch); their modules, for train_mode to keep in eval mode."""
-    parts = [module for name, module in model.named_modules()
-             if name and component_of(name) in components]
-    for module in parts:
-        module.requires_grad_(False)
-    return parts
+def freeze_components(model: Any, components: list[str]) -> None:
+    """Turn gradients off for the parameters of `components` (decided per parameter: Qwen keeps
+    its projector inside the vision tower)."""
+    for name, param in model.named_parameters():
+        if component_of(name) in components:
+            param.requires_grad_(False)
 
 
-def train_mode(model: Any, frozen_parts: list[Any]) -> None:
-    """Training mode, except frozen parts: their batch-norm statistics stay pretraining's."""
+def untrained_modules(model: Any) -> list[Any]:
+    """Modules of the parts in which no parameter trains, for train_mode to keep in eval."""
+    training = {component_of(name) for name, p in model.named_parameters() if p.requires_grad}
+    idle = set(COMPONENT_NAMES) - training
+    return [module for name, module in model.named_modules()
+            if name and component_of(name) in idle]
+
+
+def train_mode(model: Any, untrained: list[Any]) -> None:
+    """Training mode, except untrained parts: their batch-norm statistics stay pretraining's.
+    Set module by module, as a part may hold another (Qwen's merger in its vision tower)."""
     model.train()
-    for module in frozen_parts:
-        module.eval()
+    for module in untrained:
+        module.training = False

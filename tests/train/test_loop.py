@@ -164,3 +164,13 @@ def test_full_training_keeps_frozen_parts_as_they_were(tiny_models, shapes_data,
 def test_frozen_parts_need_full_training(tiny_models, shapes_data, tmp_path):
     with pytest.raises(ConfigError, match="`frozen` applies to method full"):
         run(tiny_models, shapes_data, tmp_path, frozen=["vision"])
+
+
+def test_frozen_has_one_spelling_and_leaves_something_to_train():
+    base = dict(model="m", data="d.jsonl", output="o", method="full")
+    a = build_config({**base, "frozen": ["vision", "projector", "vision"]})
+    b = build_config({**base, "frozen": ["projector", "vision"]})
+    assert a.frozen == b.frozen == ["projector", "vision"]
+    assert a.fingerprint_fields() == b.fingerprint_fields()
+    with pytest.raises(ConfigError, match="nothing would train"):
+        build_config({**base, "frozen": ["language", "vision", "projector"]})

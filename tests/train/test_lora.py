@@ -183,3 +183,23 @@ def test_nothing_to_wrap_is_a_config_error(base_models, components, unknown_mode
         select_targets(model, components)
     with pytest.raises(ConfigError, match="no Linear layers found"):
         lora(model, components)
+
+
+@pytest.mark.parametrize(("family", "tower"), [("qwen2-vl", "model.visual"),
+                                               ("fast-vlm", "model.vision_tower")])
+def test_untrained_parts_stay_in_eval_mode_and_a_nested_projector_trains(base_models, family,
+                                                                          tower):
+    # Qwen keeps its projector (the merger) inside the vision tower: LoRA on the projector
+    # must train it while the rest of the tower stays frozen and in eval mode.
+    from domainvlm.train.lora import train_mode, untrained_modules
+
+    peft_model = lora(base_models(family), ["language", "projector"])
+    train_mode(peft_model, untrained_modules(peft_model))
+    modules = dict(peft_model.base_model.model.named_modules())
+    assert not modules[tower].training
+    projector = [m for n, m in modules.items() if part_of(n) == "projector"]
+    assert projector and all(m.training for m in projector)
+    language = [m for n, m in modules.items() if part_of(n) == "language"]
+    assert all(m.training for m in language)
+    trainable = {part_of(n) for n, p in peft_model.named_parameters() if p.requires_grad}
+    assert trainable == {"language", "projector"}

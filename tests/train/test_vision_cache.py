@@ -14,7 +14,7 @@ from domainvlm.data.prompting import PromptFormat
 from domainvlm.data.records import Record
 from domainvlm.families import FAMILIES, family_for
 from domainvlm.synth import Shape, draw_scene
-from domainvlm.train.lora import apply_lora, freeze_components, train_mode
+from domainvlm.train.lora import apply_lora, train_mode, untrained_modules
 from domainvlm.train.vision_cache import (
     FEATURE_KEY,
     VISION_ONLY_KEYS,
@@ -111,7 +111,7 @@ def test_loss_and_backward_through_lora_with_cached_features(tiny_models, family
     cached = cached_copy(model, samples, fmt)  # before LoRA, as the training loop does
     peft_model = apply_lora(model, method="lora", r=4, alpha=8, dropout=0.0,
                             components=["language"])
-    train_mode(peft_model, freeze_components(peft_model, {"vision", "projector"}))
+    train_mode(peft_model, untrained_modules(peft_model))  # as the training loop does
     with torch.no_grad():
         pixel_loss = peft_model(**collate(samples, pad)).loss
     out = peft_model(**encoder_outputs(collate(cached, pad), fam))
