@@ -29,7 +29,7 @@ class DemoConfig:
     patients: int = 240
     slices: int = 32
     seed: int = 0
-    epochs: float = 5.0
+    epochs: float = 8.0
     learning_rate: float = 1e-3
     lora_r: int = 16
     # The nano's convolutional tower stays as pretrained: it has no Linear layer for LoRA, and
