@@ -30,7 +30,6 @@ class Spot:
     x: float  # centre, pixels
     y: float
     radius: float  # pixels
-    brighter: bool
 
 
 @dataclass
@@ -64,7 +63,7 @@ def findings_scene(rng: np.random.Generator, size: int = 192) -> FindingsScene:
         profile = np.clip(radius + 0.5 - np.hypot(xx - cx, yy - cy), 0, 1)  # partial volume
         field += amplitude * profile
         mask |= profile > 0.5
-        spots.append(Spot(float(cx), float(cy), float(radius), brighter))
+        spots.append(Spot(float(cx), float(cy), float(radius)))
     field += rng.normal(0, rng.uniform(0.0, 0.08), field.shape).astype(np.float32)
     channels = [np.clip((field - rng.uniform(-1, 1)) / rng.uniform(0.3, 2.5) + 0.5, 0, 1)
                 for _ in range(3)]

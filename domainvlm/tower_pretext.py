@@ -23,7 +23,6 @@ POSITIVE_WEIGHT = 4.0  # most cells hold no spot
 class PretextResult:
     spot_losses: list[float]  # one per step
     position_losses: list[float]  # one per step; empty with position_weight 0
-    seconds: float
 
 
 def pretrain_tower(tower: Any, image_processor: Any, *, steps: int, batch_size: int,
@@ -36,8 +35,6 @@ def pretrain_tower(tower: Any, image_processor: Any, *, steps: int, batch_size: 
     (x, y) centre in [-1, 1]. AdamW with a one-cycle schedule (5 % warm-up); each step draws
     `batch_size` new scenes, so the tower never sees a scene twice. The head is thrown away.
     """
-    import time
-
     import numpy as np
     import torch
 
@@ -56,7 +53,6 @@ def pretrain_tower(tower: Any, image_processor: Any, *, steps: int, batch_size: 
     tower.train()
     spot_losses: list[float] = []
     position_losses: list[float] = []
-    start = time.perf_counter()
     with reporter.task("pretraining the vision tower (spot detection)", total=steps) as advance:
         for _ in range(steps):
             scenes = [findings_scene(rng, image_size) for _ in range(batch_size)]
@@ -79,7 +75,7 @@ def pretrain_tower(tower: Any, image_processor: Any, *, steps: int, batch_size: 
             schedule.step()
             advance(1, spot_loss=sum(spot_losses[-20:]) / len(spot_losses[-20:]))
     tower.eval()
-    return PretextResult(spot_losses, position_losses, time.perf_counter() - start)
+    return PretextResult(spot_losses, position_losses)
 
 
 def _cell_centres(rows: int, cols: int) -> Any:

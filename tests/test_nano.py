@@ -11,7 +11,7 @@ import torch
 from conftest import TINY_NANO_RECIPE as RECIPE
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from domainvlm.nano import NanoRecipe, ensure_nano, nano_path, pretrain_nano
+from domainvlm.nano import NanoRecipe, ensure_nano, nano_path, pretrain_nano, tower_path
 from domainvlm.tiny import build_tiny_model
 
 
@@ -97,4 +97,5 @@ def test_tower_pretext_needs_a_convolutional_tower(tmp_path):
                         scenes=4, findings_scenes=0)
     with pytest.raises(ValueError, match="convolutional .* set tower_steps=0"):
         pretrain_nano(tmp_path / "nano", recipe)
-    assert not (tmp_path / "nano").exists()
+    assert list(tmp_path.iterdir()) == []  # no model, no half-written hidden folder
+    assert not tower_path(recipe).exists()
