@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -13,6 +16,26 @@ import pytest  # noqa: E402
 from domainvlm.nano import NanoRecipe  # noqa: E402
 from domainvlm.synth import write_shapes_dataset  # noqa: E402
 from domainvlm.tiny import FAMILIES, build_tiny_model  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def run_benchmark(tmp_path: Path):
+    """Run `benchmarks/<script> ARGS --workdir tmp_path --output tmp_path/result.json` in a
+    subprocess; returns its stdout JSON, checked to exit 0 and to equal the --output file."""
+    def run(script: str, *args: str, timeout: int = 300) -> dict:
+        output = tmp_path / "result.json"
+        done = subprocess.run(
+            [sys.executable, str(ROOT / "benchmarks" / script), *args,
+             "--workdir", str(tmp_path), "--output", str(output)],
+            capture_output=True, text=True, cwd=ROOT, timeout=timeout)
+        assert done.returncode == 0, done.stderr[-3000:]
+        result = json.loads(done.stdout)
+        assert json.loads(output.read_text()) == result
+        return result
+
+    return run
 
 
 @pytest.fixture(scope="session", autouse=True)

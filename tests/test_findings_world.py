@@ -32,11 +32,15 @@ def test_mask_marks_the_spots_and_nothing_else():
     yy, xx = np.mgrid[0:size, 0:size]
     for scene in scenes(40, size):
         assert scene.image.shape == (size, size, 3) and scene.image.dtype == np.uint8
-        near = np.zeros((size, size), bool)
+        inside = np.zeros((size, size), bool)  # pixel centres within a radius of a centre
+        deep = np.zeros((size, size), bool)  # whole pixels inside a disc
         for spot in scene.spots:
             assert scene.mask[round(spot.y), round(spot.x)]
-            near |= np.hypot(xx - spot.x, yy - spot.y) <= spot.radius + 0.5
-        assert not (scene.mask & ~near).any()
+            distance = np.hypot(xx - spot.x, yy - spot.y)
+            inside |= distance < spot.radius
+            deep |= distance <= spot.radius - 0.5
+        assert np.array_equal(scene.mask, inside)  # "more than half inside", nothing else
+        assert not (deep & ~scene.mask).any()
     counts = {len(s.spots) for s in scenes(40, size)}
     assert 0 in counts and max(counts) >= 2  # empty scenes and several spots both occur
 

@@ -3,27 +3,16 @@ timings on a shared CPU vary); our slice order must match the written geometry."
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pydicom
 
-ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "benchmarks" / "dicom_load.py"
 FRAMEWORK_FIGURES = {"seconds", "seconds_each", "order_correct", "slices_in_place",
                      "shape_zyx", "max_abs_error"}
 
 
-def test_dicom_load_small(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [sys.executable, str(SCRIPT), "--slices", "12", "--size", "32", "--repeats", "2",
-         "--workdir", str(tmp_path), "--output", str(tmp_path / "result.json")],
-        capture_output=True, text=True, cwd=ROOT, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(done.stdout)
-    assert json.loads((tmp_path / "result.json").read_text()) == result
+def test_dicom_load_small(tmp_path: Path, run_benchmark) -> None:
+    result = run_benchmark("dicom_load.py", "--slices", "12", "--size", "32", "--repeats", "2")
 
     for name in ("domainvlm", "monai"):
         figures = result[name]
