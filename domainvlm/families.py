@@ -30,15 +30,18 @@ class Family:
     # How the model takes precomputed image features (`mm_encoder_outputs`): "list" of
     # tensors, one "tensor", or None when unknown (then features are never cached).
     image_features_as: str | None = "list"
+    # Whether the vision tower's outputs hold one row per image (not flattened patches or
+    # tiles), so a frozen tower's outputs can be kept per image (`TowerMemo`).
+    tower_rows_per_image: bool = False
 
 
 _QWEN_RESOLUTION = {"min_pixels": "shortest_edge", "max_pixels": "longest_edge"}
 
 FAMILIES: tuple[Family, ...] = (
-    Family("llava", ("llava",)),
+    Family("llava", ("llava",), tower_rows_per_image=True),
     Family("llava-next", ("llava_next",)),
     # The projector output reaches the model as one tensor (FastVlmModel calls .to() on it).
-    Family("fast-vlm", ("fast_vlm",), image_features_as="tensor"),
+    Family("fast-vlm", ("fast_vlm",), image_features_as="tensor", tower_rows_per_image=True),
     Family("qwen2-vl", ("qwen2_vl",), resolution_keys=_QWEN_RESOLUTION),
     Family("qwen2.5-vl", ("qwen2_5_vl",), resolution_keys=_QWEN_RESOLUTION),
     Family("idefics3", ("idefics3", "smolvlm"), nest_images=True, image_features_as="tensor"),
@@ -49,6 +52,7 @@ FAMILIES: tuple[Family, ...] = (
         answer_token_values={"token_type_ids": 1},
         multi_image=False,
         image_features_as="tensor",
+        tower_rows_per_image=True,
     ),
 )
 

@@ -40,9 +40,11 @@ from domainvlm.train.run_dir import (
     write_json_atomic,
 )
 from domainvlm.train.vision_cache import (
+    TowerMemo,
     attach_image_features,
     encoder_outputs,
     feature_bytes,
+    vision_tower_of,
 )
 
 
@@ -98,11 +100,14 @@ def finetune(cfg: FinetuneConfig, reporter: Reporter | None = None) -> RunResult
                else set(cfg.lora_targets))
     features_fixed = not {"vision", "projector"} & trained
     img_id = image_token_id(processor)
+    memo = None
     if (cfg.vision_cache == "auto" and features_fixed and family.image_features_as
             and img_id is not None
             and feature_bytes(train + evals, img_id, model) < cfg.vision_cache_max_gb * 2**30):
         with reporter.task("caching image features", total=len(train) + len(evals)) as advance:
             attach_image_features(model, train + evals, img_id, pad_id, progress=advance)
+    elif cfg.vision_cache == "auto" and "vision" not in trained and family.tower_rows_per_image:
+        memo = TowerMemo(vision_tower_of(model), cfg.vision_cache_max_gb * 2**30)
 
     model.config.use_cache = False
     if cfg.method == "full":
@@ -136,7 +141,8 @@ def finetune(cfg: FinetuneConfig, reporter: Reporter | None = None) -> RunResult
     # --- train -------------------------------------------------------------------------------
     train_mode(model, frozen_parts)
     started, seen, last_loss = time.perf_counter(), 0, None
-    with reporter.task("fine-tuning", total=total_steps, completed=state.step) as advance:
+    with (memo or contextlib.nullcontext(), reporter.task(
+            "fine-tuning", total=total_steps, completed=state.step) as advance):
         while state.step < total_steps:
             epoch, index = divmod(state.step, steps_per_epoch)
             batch_ids = epoch_batches(lengths, cfg.batch_size, cfg.seed, epoch,
@@ -170,6 +176,8 @@ def finetune(cfg: FinetuneConfig, reporter: Reporter | None = None) -> RunResult
                    "seconds": round(elapsed, 3),
                    "samples_per_second": round(seen * 1.0 / elapsed, 3) if elapsed else None,
                    "world_size": world}
+        if memo is not None:  # what the frozen tower really ran on, and what memory served
+            summary["vision_tower_rows"] = {"computed": memo.computed, "served": memo.served}
         write_json_atomic(cfg.output / "history.json", state.history)
         mark_finished(cfg.output, summary)
     if writer is not None:

@@ -71,6 +71,23 @@ def test_equivalent_settings_take_the_same_steps(tiny_models, shapes_data, tmp_p
     assert losses(reference) == pytest.approx(losses(other), rel=1e-5)
 
 
+def test_frozen_tower_outputs_are_memoized_when_the_projector_trains(tiny_models, shapes_data,
+                                                                     tmp_path):
+    rows = [json.loads(x) for x in shapes_data["train"].read_text().splitlines()]
+    steps = -(-len(rows) // 8)  # one epoch: every training image is seen
+    targets = {"lora_targets": ["language", "projector"], "max_steps": steps}
+    memo = run(tiny_models, shapes_data, tmp_path, "memo", **targets)
+    live = run(tiny_models, shapes_data, tmp_path, "live", vision_cache="off", **targets)
+    assert max_difference(adapter_weights(memo), adapter_weights(live)) < 1e-5
+    assert losses(memo) == pytest.approx(losses(live), rel=1e-5)
+    assert any("multi_modal_projector" in k for k in adapter_weights(memo))
+    summary = json.loads((memo.output / "run.json").read_text())["summary"]
+    images = len({r["image"] for r in rows})
+    assert summary["vision_tower_rows"] == {"computed": images, "served": len(rows) - images}
+    assert "vision_tower_rows" not in json.loads((live.output / "run.json").read_text())[
+        "summary"]
+
+
 def test_warmup_then_cosine_schedule(tiny_models, shapes_data, tmp_path):
     result = run(tiny_models, shapes_data, tmp_path, max_steps=10, warmup_ratio=0.3,
                  learning_rate=1e-3)

@@ -1,4 +1,5 @@
-"""Cached image features stand in exactly for the vision tower, with and without LoRA."""
+"""Cached image features stand in exactly for the vision tower, with and without LoRA; a
+frozen tower's memoized outputs stand in exactly for the tower."""
 
 from __future__ import annotations
 
@@ -18,13 +19,16 @@ from domainvlm.train.lora import apply_lora, train_mode, untrained_modules
 from domainvlm.train.vision_cache import (
     FEATURE_KEY,
     VISION_ONLY_KEYS,
+    TowerMemo,
     attach_image_features,
     encoder_outputs,
     feature_bytes,
+    vision_tower_of,
 )
 
 CACHED_FAMILIES = [f.name for f in FAMILIES if f.image_features_as]
 MULTI_IMAGE = [f.name for f in FAMILIES if f.image_features_as and f.multi_image]
+MEMO_FAMILIES = [f.name for f in FAMILIES if f.tower_rows_per_image]
 
 
 def scene(colour="red", side="left"):
@@ -123,3 +127,37 @@ def test_loss_and_backward_through_lora_with_cached_features(tiny_models, family
     assert all(g is not None and torch.isfinite(g).all() for g in grads.values())
     # lora_B starts at zero, so its gradients are the ones that must be non-zero.
     assert all(g.abs().sum() > 0 for n, g in grads.items() if "lora_B" in n)
+
+
+@pytest.mark.parametrize("family", MEMO_FAMILIES)
+@pytest.mark.parametrize("budget", [2**30, 0])
+def test_tower_memo_gives_the_same_outputs_and_runs_each_image_once(tiny_models, family,
+                                                                    budget):
+    model, fmt, _, samples = setup(tiny_models(family))
+    batch = collate([*samples, samples[0]], fmt.processor.tokenizer.pad_token_id)
+    pixels = batch["pixel_values"]  # the first image twice in one batch
+    other = -pixels[1:2]  # other pixels: another image
+    tower = vision_tower_of(model)
+    with torch.no_grad():
+        reference = model(**batch).logits
+        live_rows, live_other = tower(pixels)[0], tower(other)[0]
+    with TowerMemo(tower, max_bytes=budget) as memo, torch.no_grad():
+        first = model(**batch).logits
+        second = model(**batch).logits
+        assert "forward" in vars(tower)  # the memo stands in for the tower's forward...
+    assert "forward" not in vars(tower)  # ...and afterwards the tower's own is back
+    torch.testing.assert_close(first, reference, atol=1e-5, rtol=0)
+    torch.testing.assert_close(second, reference, atol=1e-5, rtol=0)
+    # Two distinct images, once each; the repeat and the second call come from memory,
+    # unless nothing may be kept.
+    assert (memo.computed, memo.served) == ((2, 1 + 3) if budget else (2 + 2, 1 + 1))
+
+    with TowerMemo(tower, max_bytes=budget) as memo, torch.no_grad():
+        rows, memo_other = tower(pixels)[0], tower(other)[0]
+    assert (memo.computed, memo.served) == (2 + 1, 1)
+    # Tower outputs are compared relative to their size (a tiny FastVLM's are ~1e-9).
+    scale = float(live_rows.abs().max())
+    torch.testing.assert_close(rows / scale, live_rows / scale, atol=1e-5, rtol=0)
+    # An unseen image runs the tower: memory does not answer for the image it resembles.
+    torch.testing.assert_close(memo_other / scale, live_other / scale, atol=1e-5, rtol=0)
+    assert float((live_other - live_rows[1:2]).abs().max()) > 0.1 * scale
