@@ -159,6 +159,35 @@ def _tower_stage(recipe: NanoRecipe, work: Path, reporter: Reporter) -> Path:
     return path
 
 
+def with_input_size(model_dir: Path, size: int, output: Path) -> Path:
+    """A copy of the FastVLM at `model_dir` that takes `size` px images, at `output`.
+
+    Its FastViT tower is convolutional, so the weights stay as they are: only the processor's
+    size and the number of image tokens (one per 32 px cell) change. A larger input shows small
+    findings on more pixels, at the cost of more image tokens.
+    """
+    from transformers import AutoConfig, AutoProcessor
+
+    config = AutoConfig.from_pretrained(model_dir)
+    if getattr(config, "model_type", None) != "fast_vlm":
+        raise ValueError(f"{model_dir} is a {config.model_type}, not a FastVLM: only a "
+                         "convolutional tower takes another input size with the same weights")
+    processor = AutoProcessor.from_pretrained(model_dir)
+    if size < processor.patch_size or size % processor.patch_size:
+        raise ValueError(f"size must be a positive multiple of {processor.patch_size} px (one "
+                         f"image token per cell); got {size}")
+    with new_folder(output) as partial:
+        for item in Path(model_dir).iterdir():
+            if item.is_file():
+                shutil.copy2(item, partial / item.name)
+        config.image_seq_length = (size // processor.patch_size) ** 2
+        config.save_pretrained(partial)
+        processor.image_processor.size = {"shortest_edge": size}
+        processor.image_processor.crop_size = {"height": size, "width": size}
+        processor.save_pretrained(partial)
+    return output
+
+
 def tower_path(recipe: NanoRecipe = DEFAULT_RECIPE) -> Path:
     """Where the recipe's model after the tower stage is cached."""
     return nano_cache_root() / f"tower-{recipe.tower_key()}"

@@ -99,3 +99,36 @@ def test_tower_pretext_needs_a_convolutional_tower(tmp_path):
         pretrain_nano(tmp_path / "nano", recipe)
     assert list(tmp_path.iterdir()) == []  # no model, no half-written hidden folder
     assert not tower_path(recipe).exists()
+
+
+def test_nano_fed_a_larger_input_keeps_its_weights_and_runs(nano, tmp_path):
+    from PIL import Image
+
+    from domainvlm.nano import with_input_size
+
+    size = 2 * RECIPE.image_size
+    larger = with_input_size(nano, size, tmp_path / "larger")
+    model = AutoModelForImageTextToText.from_pretrained(larger)
+    processor = AutoProcessor.from_pretrained(larger)
+    assert processor.image_processor.crop_size == {"height": size, "width": size}
+    assert model.config.image_seq_length == (size // 32) ** 2 == 4 * (RECIPE.image_size // 32) ** 2
+    original = AutoModelForImageTextToText.from_pretrained(nano).state_dict()
+    assert all(torch.equal(p, original[k]) for k, p in model.state_dict().items())
+    inputs = processor(images=[Image.new("RGB", (size, size))],
+                       text=["<image>\nIs there a spot?"], return_tensors="pt")
+    assert inputs["pixel_values"].shape[-2:] == (size, size)
+    assert int((inputs["input_ids"] == model.config.image_token_id).sum()) == (
+        model.config.image_seq_length)
+    with torch.no_grad():
+        assert torch.isfinite(model(**inputs).logits).all()
+    with pytest.raises(ValueError, match="multiple of 32"):
+        with_input_size(nano, size + 8, tmp_path / "odd")
+    assert not (tmp_path / "odd").exists()
+
+
+def test_only_a_convolutional_tower_takes_another_input_size(tiny_models, tmp_path):
+    from domainvlm.nano import with_input_size
+
+    with pytest.raises(ValueError, match="not a FastVLM"):
+        with_input_size(tiny_models("llava"), 128, tmp_path / "llava")
+    assert not (tmp_path / "llava").exists()

@@ -8,6 +8,10 @@ import subprocess
 import sys
 
 import pytest
+from PIL import Image
+from transformers import AutoImageProcessor
+
+from domainvlm.medical.demo import NANO_INPUT_PX
 
 
 @pytest.mark.slow
@@ -37,3 +41,8 @@ def test_shrunken_demo_end_to_end(tmp_path):
     test = {json.loads(x)["patient"] for x in (out / "vqa" / "test.jsonl").read_text()
             .splitlines()}
     assert test and not train & test
+    # The nano is fed NANO_INPUT_PX views, rendered at that size: never resampled again.
+    crop = AutoImageProcessor.from_pretrained(out / "base-model").crop_size["height"]
+    image = json.loads((out / "vqa" / "test.jsonl").read_text().splitlines()[0])["image"][0]
+    assert crop == NANO_INPUT_PX and Image.open(out / "vqa" / image).size == (crop, crop)
+    assert f"`{out / 'base-model'}`" in report
