@@ -251,7 +251,8 @@ def demo_command(
     output: Annotated[Path, typer.Option(help="Folder for the cohort, data, adapter, report.")] = (
         Path("runs/demo")),
     model: Annotated[str, typer.Option(
-        help="Base model (hub id or folder); default: the nano model, built on first use.")] = "",
+        help="Base model (hub id or folder), shown views at its processor's crop size; "
+        "default: the nano model (shipped; built if missing), fed 256 px views.")] = "",
     patients: Annotated[int, typer.Option(min=10, help="Synthetic CT patients.")] = (
         DemoConfig.patients),
     epochs: Annotated[float, typer.Option(
