@@ -11,6 +11,7 @@ import torch
 from conftest import TINY_NANO_RECIPE as RECIPE
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
+from domainvlm.errors import OutputExistsError
 from domainvlm.nano import NanoRecipe, ensure_nano, nano_path, pretrain_nano, tower_path
 from domainvlm.tiny import build_tiny_model
 
@@ -123,7 +124,11 @@ def test_nano_fed_a_larger_input_keeps_its_weights_and_runs(nano, tmp_path):
         assert torch.isfinite(model(**inputs).logits).all()
     with pytest.raises(ValueError, match="multiple of 32"):
         with_input_size(nano, size + 8, tmp_path / "odd")
-    assert not (tmp_path / "odd").exists()
+    # An earlier copy is never overwritten, nor mixed with a new one.
+    with pytest.raises(OutputExistsError, match="already exists"):
+        with_input_size(nano, 3 * RECIPE.image_size, larger)
+    assert AutoProcessor.from_pretrained(larger).image_processor.crop_size["height"] == size
+    assert sorted(p.name for p in larger.iterdir()) == sorted(p.name for p in nano.iterdir())
 
 
 def test_only_a_convolutional_tower_takes_another_input_size(tiny_models, tmp_path):
@@ -131,4 +136,3 @@ def test_only_a_convolutional_tower_takes_another_input_size(tiny_models, tmp_pa
 
     with pytest.raises(ValueError, match="not a FastVLM"):
         with_input_size(tiny_models("llava"), 128, tmp_path / "llava")
-    assert not (tmp_path / "llava").exists()

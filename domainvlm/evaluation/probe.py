@@ -81,17 +81,14 @@ def image_features(model: str, records: list[Record], keys: dict[int, str], *,
     from domainvlm.data.encode import encode_records, image_token_id, pad_token_id
     from domainvlm.data.prompting import PromptFormat
     from domainvlm.errors import ConfigError
-    from domainvlm.train.vision_cache import (
-        FEATURE_KEY,
-        attach_image_features,
-        language_model_of,
-    )
+    from domainvlm.train.lora import part_of
+    from domainvlm.train.vision_cache import FEATURE_KEY, attach_image_features
 
     loaded = load_with_adapter(model)
     processor = loaded.processor
     token = image_token_id(processor)
     try:
-        language_model_of(loaded.model)
+        part_of(loaded.model, "language")
     except ValueError as exc:
         raise ConfigError(f"{model}: {exc}; the probe reads the language model's input") from None
     if token is None:

@@ -30,6 +30,7 @@ from domainvlm.train.lora import (
     apply_lora,
     freeze_components,
     parameter_report,
+    part_of,
     train_mode,
     untrained_modules,
 )
@@ -44,7 +45,6 @@ from domainvlm.train.vision_cache import (
     attach_image_features,
     encoder_outputs,
     feature_bytes,
-    vision_tower_of,
 )
 
 
@@ -107,7 +107,7 @@ def finetune(cfg: FinetuneConfig, reporter: Reporter | None = None) -> RunResult
         with reporter.task("caching image features", total=len(train) + len(evals)) as advance:
             attach_image_features(model, train + evals, img_id, pad_id, progress=advance)
     elif cfg.vision_cache == "auto" and "vision" not in trained and family.tower_rows_per_image:
-        memo = TowerMemo(vision_tower_of(model), cfg.vision_cache_max_gb * 2**30)
+        memo = TowerMemo(part_of(model, "vision"), cfg.vision_cache_max_gb * 2**30)
 
     model.config.use_cache = False
     if cfg.method == "full":

@@ -30,6 +30,16 @@ def component_of(module_name: str) -> str | None:
     return None
 
 
+def part_of(model: Any, component: str) -> Any:
+    """The first module named like `component` (the decoder that receives the merged text and
+    image embeddings, the vision tower, ...)."""
+    for name, module in model.named_modules():
+        if name.split(".")[-1] in COMPONENT_NAMES[component]:
+            return module
+    raise ValueError(f"{type(model).__name__} has no {component} part named "
+                     f"{' / '.join(COMPONENT_NAMES[component])}")
+
+
 def linear_modules(model: Any) -> dict[str, str]:
     """Module name -> component, for every Linear layer inside a known component."""
     import torch

@@ -15,6 +15,7 @@ from typing import Any
 
 from domainvlm.data.collate import collate
 from domainvlm.families import Family
+from domainvlm.train.lora import part_of
 
 # Inputs only the vision tower reads; dropped once features are cached.
 VISION_ONLY_KEYS = ("pixel_values", "pixel_attention_mask", "image_sizes")
@@ -23,14 +24,6 @@ FEATURE_KEY = "image_features"
 
 class _Captured(Exception):
     """Raised from a hook to stop the forward pass once the LM input is captured."""
-
-
-def language_model_of(model: Any) -> Any:
-    """The decoder that receives merged text + image embeddings."""
-    for name, module in model.named_modules():
-        if name.split(".")[-1] in ("language_model", "text_model"):
-            return module
-    raise ValueError(f"{type(model).__name__} has no language_model / text_model part")
 
 
 def feature_bytes(samples: list[dict], image_token_id: int, model: Any) -> int:
@@ -52,7 +45,7 @@ def attach_image_features(model: Any, samples: list[dict], image_token_id: int,
         captured["embeds"] = kwargs["inputs_embeds"]
         raise _Captured
 
-    handle = language_model_of(model).register_forward_pre_hook(hook, with_kwargs=True)
+    handle = part_of(model, "language").register_forward_pre_hook(hook, with_kwargs=True)
     device = next(model.parameters()).device
     try:
         for start in range(0, len(samples), batch_size):
@@ -81,16 +74,6 @@ def encoder_outputs(batch: dict[str, Any], family: Family) -> dict[str, Any]:
     pooled = [features] if family.image_features_as == "list" else features
     batch["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=pooled)}
     return batch
-
-
-def vision_tower_of(model: Any) -> Any:
-    """The vision tower module, found by the names transformers VLMs give it."""
-    from domainvlm.train.lora import COMPONENT_NAMES
-
-    for name, module in model.named_modules():
-        if name.split(".")[-1] in COMPONENT_NAMES["vision"]:
-            return module
-    raise ValueError(f"{type(model).__name__} has no vision tower under a known name")
 
 
 class TowerMemo:

@@ -15,7 +15,7 @@ from domainvlm.data.prompting import PromptFormat
 from domainvlm.data.records import Record
 from domainvlm.families import FAMILIES, family_for
 from domainvlm.synth import Shape, draw_scene
-from domainvlm.train.lora import apply_lora, train_mode, untrained_modules
+from domainvlm.train.lora import apply_lora, part_of, train_mode, untrained_modules
 from domainvlm.train.vision_cache import (
     FEATURE_KEY,
     VISION_ONLY_KEYS,
@@ -23,7 +23,6 @@ from domainvlm.train.vision_cache import (
     attach_image_features,
     encoder_outputs,
     feature_bytes,
-    vision_tower_of,
 )
 
 CACHED_FAMILIES = [f.name for f in FAMILIES if f.image_features_as]
@@ -137,7 +136,7 @@ def test_tower_memo_gives_the_same_outputs_and_runs_each_image_once(tiny_models,
     batch = collate([*samples, samples[0]], fmt.processor.tokenizer.pad_token_id)
     pixels = batch["pixel_values"]  # the first image twice in one batch
     other = -pixels[1:2]  # other pixels: another image
-    tower = vision_tower_of(model)
+    tower = part_of(model, "vision")
     with torch.no_grad():
         reference = model(**batch).logits
         live_rows, live_other = tower(pixels)[0], tower(other)[0]
