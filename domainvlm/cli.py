@@ -60,7 +60,8 @@ def _finetune_command():
         values = load_yaml(path) if path else {}
         for key, value in options.items():
             if value is not None:
-                values[key] = value.split(",") if key in ("lora_targets", "frozen") else value
+                values[key] = (value.split(",") if key in ("lora_targets", "train_fully", "frozen")
+                               else value)
         cfg = build_config(values, source=f"config {path}" if path else "options")
         result = run(cfg)
         typer.echo(f"adapter: {result.adapter}  steps: {result.steps}  "

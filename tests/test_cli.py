@@ -63,6 +63,9 @@ CASES = [
      r"`--method` / `method`: Input should be 'lora', 'dora', 'qlora' or 'full'"),
     ("bad target", lambda m, d, b, t: ["--model", m, "--data", d, "--lora-targets", "conv"],
      "`--lora-targets.0`"),
+    ("part both ways", lambda m, d, b, t: ["--model", m, "--data", d, "--lora-targets",
+                                           "language,projector", "--train-fully", "projector"],
+     "projector: in both `lora_targets` and `train_fully`"),
 ]
 
 

@@ -33,6 +33,11 @@ class FinetuneConfig(BaseModel):
         default_factory=lambda: ["language"],
         description="Where LoRA goes: language, vision, projector (never Conv layers)",
     )
+    train_fully: list[Component] = Field(
+        default_factory=list,
+        description="With LoRA/DoRA/QLoRA: parts trained in full beside the adapter and saved "
+        "in it (PEFT modules_to_save), e.g. the projector, as LLaVA-1.5's LoRA recipe does",
+    )
     frozen: list[Component] = Field(
         default_factory=list,
         description="With method full: parts kept as they are, weights and batch-norm "
@@ -80,6 +85,14 @@ class FinetuneConfig(BaseModel):
         if self.frozen and self.method != "full":
             raise ValueError("`frozen` applies to method full; with LoRA, choose the trained "
                              "parts with `lora_targets`")
+        if self.train_fully and self.method == "full":
+            raise ValueError("`train_fully` is for LoRA methods; with method full every part "
+                             "not in `frozen` trains")
+        both = sorted(set(self.train_fully) & set(self.lora_targets))
+        if both:
+            raise ValueError(f"{', '.join(both)}: in both `lora_targets` and `train_fully`; a "
+                             "part gets either LoRA or full training")
+        self.train_fully = sorted(set(self.train_fully))
         self.frozen = sorted(set(self.frozen))  # one spelling, one fingerprint
         if len(self.frozen) == 3:
             raise ValueError("`frozen` names every part: nothing would train")

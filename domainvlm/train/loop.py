@@ -97,7 +97,7 @@ def finetune(cfg: FinetuneConfig, reporter: Reporter | None = None) -> RunResult
     accelerator.wait_for_everyone()
 
     trained = (set(COMPONENT_NAMES) - set(cfg.frozen) if cfg.method == "full"
-               else set(cfg.lora_targets))
+               else {*cfg.lora_targets, *cfg.train_fully})
     features_fixed = not {"vision", "projector"} & trained
     img_id = image_token_id(processor)
     memo = None
@@ -115,7 +115,8 @@ def finetune(cfg: FinetuneConfig, reporter: Reporter | None = None) -> RunResult
         freeze_components(model, cfg.frozen)
     else:
         model = apply_lora(model, method=cfg.method, r=cfg.lora_r, alpha=cfg.alpha,
-                           dropout=cfg.lora_dropout, components=cfg.lora_targets)
+                           dropout=cfg.lora_dropout, components=cfg.lora_targets,
+                           fully=cfg.train_fully)
     frozen_parts = untrained_modules(model)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

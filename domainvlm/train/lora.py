@@ -33,9 +33,14 @@ def component_of(module_name: str) -> str | None:
 def part_of(model: Any, component: str) -> Any:
     """The first module named like `component` (the decoder that receives the merged text and
     image embeddings, the vision tower, ...)."""
-    for name, module in model.named_modules():
+    return model.get_submodule(part_name(model, component))
+
+
+def part_name(model: Any, component: str) -> str:
+    """The module path of `part_of(model, component)`."""
+    for name, _ in model.named_modules():
         if name.split(".")[-1] in COMPONENT_NAMES[component]:
-            return module
+            return name
     raise ValueError(f"{type(model).__name__} has no {component} part named "
                      f"{' / '.join(COMPONENT_NAMES[component])}")
 
@@ -108,8 +113,11 @@ def parameter_report(model: Any) -> ParameterReport:
 
 
 def apply_lora(model: Any, *, method: str, r: int, alpha: int, dropout: float,
-               components: list[str]) -> Any:
-    """Wrap `model` with a PEFT LoRA/DoRA adapter; QLoRA models are prepared for k-bit first."""
+               components: list[str], fully: list[str] = ()) -> Any:
+    """Wrap `model` with a PEFT LoRA/DoRA adapter; QLoRA models are prepared for k-bit first.
+
+    The parts in `fully` train in full beside it and are saved in the adapter
+    (`modules_to_save`)."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     if method == "qlora":
@@ -121,6 +129,7 @@ def apply_lora(model: Any, *, method: str, r: int, alpha: int, dropout: float,
         target_modules=select_targets(model, components),
         use_dora=method == "dora",
         bias="none",
+        modules_to_save=[part_name(model, part) for part in fully] or None,
     )
     return get_peft_model(model, config)
 

@@ -178,6 +178,38 @@ def test_full_training_keeps_frozen_parts_as_they_were(tiny_models, shapes_data,
         assert any(not torch.equal(before[k], after[k]) for k in before if part in k), part
 
 
+def test_a_part_trained_fully_beside_lora_is_saved_in_the_adapter(tiny_models, shapes_data,
+                                                                  tmp_path):
+    """LLaVA-1.5's LoRA recipe: LoRA on the language model, the projector trained in full. The
+    adapter carries the whole new projector, and loading it gives that projector back."""
+    from transformers import AutoModelForImageTextToText
+
+    from domainvlm.adapter_io import load_with_adapter
+
+    base = AutoModelForImageTextToText.from_pretrained(tiny_models("llava")).state_dict()
+    result = run(tiny_models, shapes_data, tmp_path, train_fully=["projector"], max_steps=3)
+    weights = adapter_weights(result)
+    projector = [k for k in weights if "multi_modal_projector" in k]
+    assert projector and not any("lora_" in k for k in projector)
+    assert any("lora_A" in k and "language_model" in k for k in weights)
+    merged = load_with_adapter(str(result.adapter)).model.merge_and_unload().state_dict()
+    moved = [k for k in base if "multi_modal_projector" in k
+             and not torch.equal(merged[k], base[k])]
+    assert len(moved) == len([k for k in base if "multi_modal_projector" in k]) > 0
+    summary = json.loads((result.output / "run.json").read_text())["summary"]
+    assert "vision_tower_rows" in summary  # the tower is still frozen: its rows are memoized
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    ({"train_fully": ["projector"], "lora_targets": ["language", "projector"]},
+     "either LoRA or full training"),
+    ({"train_fully": ["projector"], "method": "full"}, "`train_fully` is for LoRA methods"),
+])
+def test_train_fully_is_refused_where_it_means_nothing(values, message):
+    with pytest.raises(ConfigError, match=message):
+        build_config(dict(model="m", data="d.jsonl", output="o", **values))
+
+
 def test_frozen_parts_need_full_training(tiny_models, shapes_data, tmp_path):
     with pytest.raises(ConfigError, match="`frozen` applies to method full"):
         run(tiny_models, shapes_data, tmp_path, frozen=["vision"])
