@@ -61,6 +61,10 @@ KeyOption = Annotated[str, typer.Option(
     "--project-key", envvar="DOMAINVLM_PROJECT_KEY",
     help="Secret of this project: fixes pseudonyms, remapped UIDs and date shifts, so the same "
     "patient or UID maps to the same output in every run. Keep it out of version control.")]
+LayoutOption = Annotated[str, typer.Option(
+    help="Tiles of montage and slabs: grid (whole slices) or sides (each cut at the body's "
+    "midline, the patient's right halves on the image's left, so a side is a half of the "
+    "image).")]
 
 
 def _deid_config(project_key: str, remove_dates: bool, allow_burned_in: bool):
@@ -139,6 +143,7 @@ def build_vqa_command(
         help="composite (lung/mediastinum/bone as RGB), a preset (lung, mediastinum, "
         "soft_tissue, bone, brain, liver) or CENTER,WIDTH.")] = "composite",
     image_size: Annotated[int, typer.Option(min=0, help="Longer image side in px (0: keep).")] = 0,
+    layout: LayoutOption = "grid",
     split: Annotated[str, typer.Option(
         help="train,val,test fractions by patient.")] = "0.8,0.1,0.1",
     seed: int = 0,
@@ -151,7 +156,7 @@ def build_vqa_command(
 
     fractions = _fractions(split)
     views = ViewSpec(strategy=strategy, count=count, plane=plane, window=window,
-                     image_size=image_size or None)
+                     image_size=image_size or None, layout=layout)
     if source.startswith(("http://", "https://")):
         from domainvlm.medical.pacs import PacsClient
 
@@ -206,6 +211,7 @@ def render_command(
     plane: Annotated[str, typer.Option(help="MIP plane: axial | coronal | sagittal")] = "axial",
     window: Annotated[str, typer.Option(
         help="tags (the file's own VOI), composite, a preset, or CENTER,WIDTH.")] = "tags",
+    layout: LayoutOption = "grid",
 ) -> None:
     """Render a series (or a single image) as PNG the way a model will see it; with
     `--strategy slices`, one PNG per slice (OUTPUT-0.png, ...)."""
@@ -236,7 +242,8 @@ def render_command(
         if window == "tags":  # the series' own window, else soft tissue
             tags = volume.window
             window = f"{tags.center},{tags.width}" if tags is not None else "mediastinum"
-        spec = ViewSpec(strategy=strategy, count=count, plane=plane, window=window)
+        spec = ViewSpec(strategy=strategy, count=count, plane=plane, window=window,
+                        layout=layout)
         images = [view.image for view in render_views(volume, spec)]
     paths = [output] if len(images) == 1 else [
         output.with_name(f"{output.stem}-{k}{output.suffix}") for k in range(len(images))]
@@ -262,6 +269,9 @@ def demo_command(
         min=0.0, help="Peak LoRA learning rate (cosine schedule, 5% warm-up).")] = (
         DemoConfig.learning_rate),
     seed: int = 0,
+    workers: Annotated[int, typer.Option(
+        min=0, help="Processes that write, de-identify and render the cohort (0: one per "
+        "CPU).")] = DemoConfig.workers,
     overwrite: Annotated[bool, typer.Option(help="Replace an earlier demo in OUTPUT.")] = False,
 ) -> None:
     """The whole promise on a laptop: synthetic CT as DICOM -> de-identified VQA data split by
@@ -277,7 +287,7 @@ def demo_command(
     started = time.perf_counter()
     result = run_demo(DemoConfig(output=output, model=model or None, patients=patients,
                                  epochs=epochs, learning_rate=learning_rate, seed=seed,
-                                 overwrite=overwrite))
+                                 workers=workers, overwrite=overwrite))
     table = Table(title="held-out patients: base vs adapted")
     for column in ("metric", "base (zero-shot)", "adapted (LoRA)"):
         table.add_column(column)

@@ -3,7 +3,9 @@
 Four strategies: `even_slices` (n slices spread over the stack), `mip` (maximum-intensity
 projection onto the axial, coronal or sagittal plane), `montage` (n slices tiled in one grid)
 and `slab_montage` (the stack cut into n consecutive slabs, each shown as its own MIP, tiled:
-the sliding thin-slab MIP radiologists read for nodules, so that no slice goes unseen).
+the sliding thin-slab MIP radiologists read for nodules, so that no slice goes unseen). The
+tiles of a montage sit in a grid, or, with layout "sides", cut at the body's midline with the
+two sides of the patient in the two halves of the image.
 Every `View` names the plane, the volume slice indices and SOP Instance UIDs it used and the
 window, so an answer about an image can point back to the DICOM it came from.
 
@@ -32,6 +34,8 @@ _PLANE_NORMAL = {"axial": 2, "coronal": 1, "sagittal": 0}  # patient axis (x, y,
 _DISPLAY = {"axial": ((1, 1), (0, 1)), "coronal": ((2, -1), (0, 1)),
             "sagittal": ((2, -1), (1, 1))}
 WindowLike = str | tuple[float, float] | Window | None
+LAYOUTS = ("grid", "sides")  # how montage tiles are arranged (see _arrange)
+BODY_HU = -500.0  # above air and lung, below fat: where the body (or the table) is
 
 
 @dataclass
@@ -126,23 +130,25 @@ def mip(volume: Volume, plane: str, window: WindowLike = None) -> View:
 
 
 def montage(volume: Volume, n: int, columns: int | None = None, window: WindowLike = None,
-            *, tile_size: int | None = None, gap: int = 2) -> View:
+            *, tile_size: int | None = None, gap: int = 2, layout: str = "grid") -> View:
     """`n` evenly spread slices tiled left to right, then top to bottom, in one image.
 
     `columns` defaults to a near-square grid; `tile_size` scales each tile so its longer side
     has that many pixels; tiles are separated by `gap` pixels of mid grey (128), which no
-    windowed tissue is mistaken for at a glance.
+    windowed tissue is mistaken for at a glance. `layout` "sides" cuts every tile at the
+    body's midline instead (see `_tile_sides`).
     """
     win = _window(volume, window)
     plane = acquisition_plane(volume)
     indices = pick_slices(volume.shape[0], n)
     units = [_display_slice(volume, volume.values[k], plane, win) for k in indices]
-    image, boxes, pixel_mm, grid = _tile(units, columns, tile_size, gap)
+    image, boxes, pixel_mm, grid, owners = _arrange(units, volume, plane, columns, tile_size,
+                                                    gap, layout)
     return View(
         image=image, plane=plane, slice_indices=tuple(indices),
         sop_instance_uids=tuple(volume.sop_instance_uids[k] for k in indices),
         frame_numbers=tuple(volume.frame_numbers[k] for k in indices), window=win,
-        pixel_mm=pixel_mm, tiles=boxes, tile_slices=tuple((k,) for k in indices),
+        pixel_mm=pixel_mm, tiles=boxes, tile_slices=tuple((indices[o],) for o in owners),
         description=(f"montage of {plane} slices {_numbers(volume, indices)} in {grid}, "
                      f"window {_win_text(win)}"))
 
@@ -158,7 +164,7 @@ def pick_slabs(count: int, n: int) -> list[tuple[int, ...]]:
 
 def slab_montage(volume: Volume, n: int, columns: int | None = None,
                  window: WindowLike = None, *, tile_size: int | None = None,
-                 gap: int = 2) -> View:
+                 gap: int = 2, layout: str = "grid") -> View:
     """The stack cut into `n` slabs, each a maximum-intensity projection across its slices,
     tiled like `montage`.
 
@@ -171,17 +177,96 @@ def slab_montage(volume: Volume, n: int, columns: int | None = None,
     slabs = pick_slabs(volume.shape[0], n)
     units = [_display_slice(volume, volume.values[slab[0]:slab[-1] + 1].max(axis=0), plane, win)
              for slab in slabs]
-    image, boxes, pixel_mm, grid = _tile(units, columns, tile_size, gap)
+    image, boxes, pixel_mm, grid, owners = _arrange(units, volume, plane, columns, tile_size,
+                                                    gap, layout)
     ranges = ", ".join(f"{s[0] + 1}-{s[-1] + 1}" if len(s) > 1 else f"{s[0] + 1}"
                        for s in slabs)
     count = volume.shape[0]
     return View(
         image=image, plane=plane, slice_indices=tuple(range(count)),
         sop_instance_uids=volume.sop_instance_uids, frame_numbers=volume.frame_numbers,
-        window=win, pixel_mm=pixel_mm, tiles=boxes, tile_slices=tuple(slabs),
+        window=win, pixel_mm=pixel_mm, tiles=boxes, tile_slices=tuple(slabs[o] for o in owners),
         description=(f"montage of {len(slabs)} {plane} slab maximum-intensity projections "
                      f"(slices {ranges} of {count}, {volume.positions[0]:.1f} to "
                      f"{volume.positions[-1]:.1f} mm) in {grid}, window {_win_text(win)}"))
+
+
+def _arrange(units: list[tuple[np.ndarray, float]], volume: Volume, plane: str,
+             columns: int | None, tile_size: int | None, gap: int, layout: str,
+             ) -> tuple[np.ndarray, tuple[tuple[int, int, int, int], ...], float, str,
+                        tuple[int, ...]]:
+    """Tile `units` in `layout`; also returns, for each tile box, the index of its unit."""
+    if layout == "grid":
+        return (*_tile(units, columns, tile_size, gap), tuple(range(len(units))))
+    if layout == "sides":
+        return (*_tile_sides(units, _body_frame(volume, plane), columns, tile_size, gap),
+                tuple(range(len(units))) * 2)
+    raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}; got {layout!r}")
+
+
+def _body_frame(volume: Volume, plane: str) -> tuple[int, int, int, int]:
+    """(top, bottom, midline, half width) in display pixels of the body on any slice of the
+    stack: everything above BODY_HU, the table included. The whole image if nothing is."""
+    inside = (volume.values > BODY_HU).any(axis=0).astype(np.float32)
+    shown, _ = _to_display(inside, [1, 2], plane, volume)
+    rows = np.flatnonzero(shown.max(axis=1) > 0.5)
+    cols = np.flatnonzero(shown.max(axis=0) > 0.5)
+    if rows.size == 0:
+        height, width = shown.shape
+        return 0, height, width // 2, width - width // 2
+    midline = (int(cols[0]) + int(cols[-1]) + 1) // 2
+    half = max(midline - int(cols[0]), int(cols[-1]) + 1 - midline)
+    return int(rows[0]), int(rows[-1]) + 1, midline, half
+
+
+def _tile_sides(units: list[tuple[np.ndarray, float]], frame: tuple[int, int, int, int],
+                columns: int | None, tile_size: int | None, gap: int,
+                ) -> tuple[np.ndarray, tuple[tuple[int, int, int, int], ...], float, str]:
+    """Each unit cropped to the body and cut at its midline; the halves on the image's left
+    (the patient's right, in the display convention) tiled in the left half of the image,
+    the others in the right half, in the same order, on a grey square.
+
+    So the side a finding is on is the half of the image it shows in, as on one axial slice,
+    where a grid of whole slices puts it at a position within its tile. `columns` is per
+    half; by default the one that makes the image nearest a square. Boxes: the left halves,
+    then the right halves.
+    """
+    top, bottom, midline, half = frame
+    halves: list[tuple[np.ndarray, float]] = []
+    for side in (0, 1):
+        for unit, pixel_mm in units:
+            padded = np.pad(unit, ((0, 0), (half, half)))
+            start = midline + side * half  # the padding shifts columns by `half`
+            halves.append((padded[top:bottom, start:start + half], pixel_mm))
+    tiles, pixel_mm = _scaled_tiles(halves, tile_size)
+    height, width = tiles[0].shape
+    n = len(units)
+
+    def extent(cols: int) -> tuple[int, int]:
+        rows = math.ceil(n / cols)
+        return (rows * height + (rows - 1) * gap,
+                2 * (cols * width + (cols - 1) * gap) + 2 * gap)
+
+    if columns is not None and columns < 1:
+        raise ValueError(f"columns must be >= 1; got {columns}")
+    columns = min(columns or min(range(1, n + 1), key=lambda c: max(extent(c))), n)
+    rows = math.ceil(n / columns)
+    content_h, content_w = extent(columns)
+    size = max(content_h, content_w)
+    image = np.full((size, size), 128, np.uint8)
+    y_pad, x_pad = (size - content_h) // 2, (size - content_w) // 2
+    side_w = columns * width + (columns - 1) * gap + 2 * gap
+    boxes = []
+    for index, tile in enumerate(tiles):
+        side, position = divmod(index, n)
+        y0 = y_pad + (position // columns) * (height + gap)
+        x0 = x_pad + side * side_w + (position % columns) * (width + gap)
+        image[y0:y0 + height, x0:x0 + width] = tile
+        boxes.append((x0, y0, x0 + width, y0 + height))
+    grid = (f"halves cut at the body's midline, image-left halves on the left and image-right "
+            f"halves on the right, each side {rows} row{'s' if rows > 1 else ''} of {columns}, "
+            "left to right then top to bottom")
+    return image, tuple(boxes), pixel_mm, grid
 
 
 def _tile(units: list[tuple[np.ndarray, float]], columns: int | None, tile_size: int | None,
@@ -195,14 +280,7 @@ def _tile(units: list[tuple[np.ndarray, float]], columns: int | None, tile_size:
         raise ValueError(f"columns must be >= 1; got {columns}")
     columns = min(columns, len(units))
     rows = math.ceil(len(units) / columns)
-    tiles, pixel_mm = [], 0.0
-    for unit, pixel_mm in units:
-        if tile_size:
-            scale = tile_size / max(unit.shape)
-            unit = _resize(unit, (max(1, round(unit.shape[0] * scale)),
-                                  max(1, round(unit.shape[1] * scale))))
-            pixel_mm /= scale
-        tiles.append(to_uint8(unit))
+    tiles, pixel_mm = _scaled_tiles(units, tile_size)
     height, width = tiles[0].shape
     image = np.full((rows * height + (rows - 1) * gap, columns * width + (columns - 1) * gap),
                     128, np.uint8)
@@ -215,6 +293,21 @@ def _tile(units: list[tuple[np.ndarray, float]], columns: int | None, tile_size:
     grid = (f"{rows} row{'s' if rows > 1 else ''} of {columns}, left to right then top to "
             "bottom")
     return image, tuple(boxes), pixel_mm, grid
+
+
+def _scaled_tiles(units: list[tuple[np.ndarray, float]],
+                  tile_size: int | None) -> tuple[list[np.ndarray], float]:
+    """uint8 tiles, each scaled so its longer side is `tile_size` (kept if None), and the
+    pixel size in mm after scaling."""
+    tiles, pixel_mm = [], 0.0
+    for unit, pixel_mm in units:
+        if tile_size:
+            scale = tile_size / max(unit.shape)
+            unit = _resize(unit, (max(1, round(unit.shape[0] * scale)),
+                                  max(1, round(unit.shape[1] * scale))))
+            pixel_mm /= scale
+        tiles.append(to_uint8(unit))
+    return tiles, pixel_mm
 
 
 def windowed_volume(volume: Volume, window: WindowLike = None) -> np.ndarray:

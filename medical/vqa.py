@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter, defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -25,7 +25,8 @@ from domainvlm.medical.render import resolve_window
 from domainvlm.medical.series import Volume, load_volume
 from domainvlm.medical.sources import SeriesFetcher
 from domainvlm.medical.splits import DEFAULT_FRACTIONS, split_patients
-from domainvlm.medical.views import View, even_slices, mip, montage, slab_montage
+from domainvlm.medical.views import LAYOUTS, View, even_slices, mip, montage, slab_montage
+from domainvlm.parallel import map_in_order
 
 COMPOSITE = ("lung", "mediastinum", "bone")  # red, green, blue
 
@@ -43,7 +44,10 @@ class ViewSpec:
     maximum-intensity projection onto `plane`). window: a preset name, "C,W", or
     three windows joined by "+" ("lung+liver+bone") as the red, green and blue channels, so one
     image carries what a radiologist reads in three; `composite` is "lung+mediastinum+bone".
-    `image_size`: longer side in px.
+    `image_size`: longer side in px. layout (montage and slabs): `grid` of whole slices, or
+    `sides`: every tile cut at the body's midline, the image-left halves (the patient's right)
+    tiled in the left half of the image and the others in the right half, so that "which
+    side" is a half of the image, not a place within a tile.
     """
 
     strategy: Strategy = "montage"
@@ -51,6 +55,7 @@ class ViewSpec:
     plane: Literal["axial", "coronal", "sagittal"] = "axial"
     window: str = "composite"
     image_size: int | None = None
+    layout: Literal["grid", "sides"] = "grid"
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -58,6 +63,12 @@ class ViewSpec:
                               f"{self.strategy!r}")
         if self.count < 1:
             raise ConfigError(f"view count must be at least 1; got {self.count}")
+        if self.layout not in LAYOUTS:
+            raise ConfigError(f"view layout must be one of {', '.join(LAYOUTS)}; got "
+                              f"{self.layout!r}")
+        if self.layout != "grid" and self.strategy not in ("montage", "slabs"):
+            raise ConfigError(f"view layout {self.layout!r} tiles a montage; strategy "
+                              f"{self.strategy!r} has no tiles (use montage or slabs)")
         windows = composite_windows(self.window)
         if len(windows) not in (1, 3):
             raise ConfigError(f"window {self.window!r}: give one window or three joined by '+'")
@@ -105,8 +116,8 @@ def _strategy(volume: Volume, spec: ViewSpec, window: Any) -> list[View]:
     if spec.strategy == "mip":
         return [mip(volume, spec.plane, window)]
     if spec.strategy == "slabs":
-        return [slab_montage(volume, spec.count, window=window)]
-    return [montage(volume, spec.count, window=window)]
+        return [slab_montage(volume, spec.count, window=window, layout=spec.layout)]
+    return [montage(volume, spec.count, window=window, layout=spec.layout)]
 
 
 def _resized(view: View, size: int | None) -> View:
@@ -139,12 +150,13 @@ class BuildReport:
 def build_vqa(fetch: SeriesFetcher, labels: Path | Sequence[LabelRow], output: Path, *,
               deid: DeidConfig, views: ViewSpec | None = None,
               fractions: Mapping[str, float] = DEFAULT_FRACTIONS, seed: int = 0,
-              progress: Callable[[int], None] | None = None) -> BuildReport:
+              progress: Callable[[int], None] | None = None, workers: int = 1) -> BuildReport:
     """Write `output/{split}.jsonl`, `output/images/`, `output/build.json`.
 
     `fetch(study_uid, series_uid)` returns the DICOM of one series, as stored (see
     `domainvlm.medical.sources`); each label row names its scan by original UIDs.
-    `progress(1)` after each series.
+    `progress(1)` after each series. `workers` processes de-identify and render series side
+    by side (fetching stays here); the output is the same for any number.
     """
     views = views or ViewSpec()
     rows = read_labels(labels) if isinstance(labels, str | Path) else list(labels)
@@ -156,23 +168,19 @@ def build_vqa(fetch: SeriesFetcher, labels: Path | Sequence[LabelRow], output: P
     report = BuildReport(output=str(output))
     records: list[dict[str, Any]] = []
     with new_folder(output) as partial:
-        for number, ((study, series), questions) in enumerate(by_scan.items(), 1):
-            found = fetch(study, series)
-            if not found:
-                raise DataError(f"{questions[0].source}: no DICOM series matches this row's "
-                                "study_uid / series_uid")
-            cleaned = [DicomSource(f"series {number} file {k + 1}",
-                                   deidentify(s.dataset, deid, name=f"series {number}"))
-                       for k, s in enumerate(found)]
-            volume = load_volume(cleaned, name=f"series {number}")
-            patient = str(cleaned[0].dataset.PatientID)
-            images = _write_images(render_views(volume, views), partial, volume.series_uid)
-            report.images += len(images)
+        def calls() -> Iterator[tuple[Any, ...]]:
+            for number, ((study, series), questions) in enumerate(by_scan.items(), 1):
+                found = fetch(study, series)
+                if not found:
+                    raise DataError(f"{questions[0].source}: no DICOM series matches this "
+                                    "row's study_uid / series_uid")
+                yield number, found, deid, views, partial
+
+        scans = map_in_order(_prepare_scan, calls(), workers, progress)
+        for scan, questions in zip(scans, by_scan.values(), strict=True):
+            report.images += len(scan.images)
             report.series += 1
-            for question in questions:
-                records.append(_record(question, images, volume, patient))
-            if progress is not None:
-                progress(1)
+            records += [_record(question, scan) for question in questions]
         assignment = split_patients([r["patient"] for r in records], fractions, seed)
         for name in fractions:
             chosen = [r for r in records if assignment[r["patient"]] == name]
@@ -204,12 +212,33 @@ def _write_images(views: list[View], folder: Path, series_uid: str) -> list[dict
     return saved
 
 
-def _record(row: LabelRow, images: list[dict[str, Any]], volume: Volume,
-            patient: str) -> dict[str, Any]:
+@dataclass(frozen=True)
+class _Scan:
+    """One series as the records see it: de-identified UIDs, patient pseudonym, its images."""
+
+    study_uid: str
+    series_uid: str
+    patient: str
+    images: list[dict[str, Any]]
+
+
+def _prepare_scan(number: int, found: list[DicomSource], deid: DeidConfig, views: ViewSpec,
+                  folder: Path) -> _Scan:
+    """De-identify one fetched series, render its views into `folder`; run in a worker."""
+    cleaned = [DicomSource(f"series {number} file {k + 1}",
+                           deidentify(s.dataset, deid, name=f"series {number}"))
+               for k, s in enumerate(found)]
+    volume = load_volume(cleaned, name=f"series {number}")
+    images = _write_images(render_views(volume, views), folder, volume.series_uid)
+    return _Scan(volume.study_uid, volume.series_uid, str(cleaned[0].dataset.PatientID), images)
+
+
+def _record(row: LabelRow, scan: _Scan) -> dict[str, Any]:
+    images = scan.images
     return {**row.extra, "image": [image["path"] for image in images], "question": row.question,
             "answer": row.answer, "question_type": row.question_type or _guess_type(row.answer),
-            "answerable": row.answerable, "patient": patient, "study_uid": volume.study_uid,
-            "series_uid": volume.series_uid,
+            "answerable": row.answerable, "patient": scan.patient, "study_uid": scan.study_uid,
+            "series_uid": scan.series_uid,
             "views": [{k: v for k, v in image.items() if k != "path"} for image in images]}
 
 

@@ -129,6 +129,15 @@ def test_same_seed_gives_identical_bytes_and_a_patient_does_not_depend_on_cohort
     assert first.StudyInstanceUID != cohort.patients[0].study_uid
 
 
+def test_workers_write_the_same_bytes_in_the_same_order(cohort, tmp_path):
+    calls = []
+    parallel = write_cohort(tmp_path / "parallel", N, seed=SEED, workers=2,
+                            progress=calls.append)
+    assert calls == [1] * N
+    assert file_hashes(parallel.folder) == file_hashes(cohort.folder)
+    assert [p.series_uid for p in parallel.patients] == [p.series_uid for p in cohort.patients]
+
+
 def test_refuses_a_non_empty_folder_and_accepts_an_empty_one(tmp_path):
     busy = tmp_path / "busy"
     busy.mkdir()

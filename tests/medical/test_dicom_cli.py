@@ -53,6 +53,11 @@ def test_render_writes_png(cohort, tmp_path):
                  "--count", 2)
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in tmp_path.glob("s-*.png")) == ["s-0.png", "s-1.png"]
+    result = cli("render", cohort / "patient-0000", tmp_path / "h.png", "--strategy", "slabs",
+                 "--layout", "sides", "--count", 2)
+    assert result.returncode == 0, result.stderr
+    width, height = Image.open(tmp_path / "h.png").size
+    assert width == height  # the halves, padded to a square
 
 
 def test_render_refuses_several_series(cohort, tmp_path):

@@ -225,6 +225,58 @@ def test_slab_montage_finds_what_a_slice_montage_skips(tmp_path: Path) -> None:
     assert int((shown_slices.image == bright).sum()) == 1
 
 
+def sided_patient() -> np.ndarray:
+    """Air around a body off the image centre (columns 2-21 of 30), a marker on the patient's
+    right (image left) on slice 1 and one on the patient's left on slice 6."""
+    hu = np.full((8, 20, 30), -1000.0, np.float32)
+    hu[:, 3:17, 2:22] = 40.0
+    hu[1, 8, 5] = 300.0
+    hu[6, 10, 18] = 300.0
+    return hu
+
+
+@pytest.mark.parametrize("acquisition", ["axial", "axial, rotated 180"])
+def test_sides_layout_puts_each_side_of_the_patient_in_its_half(tmp_path: Path,
+                                                                acquisition: str) -> None:
+    """Cut at the body's midline (not the image centre): the patient's right halves of the
+    slabs on the image's left, the left halves on its right, on a square, mapped back."""
+    h = sided_patient()
+    if acquisition == "axial":
+        volume = write(tmp_path / "v", h)
+    else:
+        volume = write(tmp_path / "v", h[:, ::-1, ::-1], orientation=(-1.0, 0, 0, 0, -1.0, 0),
+                       origin=(29.0, 19.0, 0.0))
+    view = slab_montage(volume, 2, window=SOFT, gap=2, layout="sides")
+    slabs = ((0, 1, 2, 3), (4, 5, 6, 7))
+    assert view.tile_slices == slabs + slabs
+    assert view.image.shape == (30, 30)  # 2 rows of 14 + gap; padded from 2 x 10 + 4 wide
+    midline = 12  # body columns 2-21
+    for index, (x0, y0, x1, y1) in enumerate(view.tiles):
+        side, slab = divmod(index, 2)
+        projection = shown(h[slabs[slab][0]:slabs[slab][-1] + 1].max(axis=0))
+        columns = slice(2, midline) if side == 0 else slice(midline, 22)
+        assert np.array_equal(view.image[y0:y1, x0:x1], projection[3:17, columns])
+        assert (x1 <= 15) == (side == 0), view.tiles  # left halves in the left of the image
+    marker = shown(np.float32(300.0))
+    markers = np.argwhere(view.image == marker)
+    assert len(markers) == 2
+    (ya, xa), (yb, xb) = sorted(markers.tolist(), key=lambda p: p[1])
+    assert xa < 15 <= xb  # patient's right shows on the image's left, and the left on its right
+    assert view.slices_at(xa, ya) == slabs[0] and view.slices_at(xb, yb) == slabs[1]
+    assert "cut at the body's midline" in view.description
+
+
+def test_sides_layout_of_a_slice_montage(tmp_path: Path) -> None:
+    view = montage(write(tmp_path / "v", sided_patient()), 3, window=SOFT, layout="sides")
+    assert view.tile_slices == ((1,), (4,), (6,)) * 2
+    assert view.image.shape[0] == view.image.shape[1]
+
+
+def test_unknown_layout_is_refused(acquired: dict[str, Volume]) -> None:
+    with pytest.raises(ValueError, match="grid, sides"):
+        slab_montage(acquired["axial"], 2, window=SOFT, layout="mirror")
+
+
 def test_windowed_volume_matches_one_window_call(acquired: dict[str, Volume]) -> None:
     volume = acquired["sagittal"]
     unit = windowed_volume(volume, "bone")

@@ -56,6 +56,27 @@ def test_every_question_lands_once_and_no_patient_is_in_two_splits(cohort, built
     assert build["records"] == {k: len(v) for k, v in by_split.items()}
 
 
+def test_workers_build_the_same_data(cohort, built, tmp_path):
+    """Series de-identified and rendered in two processes: the same files, records in order."""
+    output = tmp_path / "parallel"
+    calls = []
+    build_vqa(folder_fetcher(cohort), cohort / "labels.jsonl", output,
+              deid=DeidConfig(project_key=KEY), views=ViewSpec(count=4), workers=2,
+              progress=calls.append)
+    assert calls == [1] * 10
+
+    def files(folder: Path) -> dict[str, bytes]:
+        return {p.relative_to(folder).as_posix(): p.read_bytes()
+                for p in sorted(folder.rglob("*")) if p.is_file() and p.name != "build.json"}
+
+    def build(folder: Path) -> dict:
+        return {k: v for k, v in json.loads((folder / "build.json").read_text()).items()
+                if k != "output"}
+
+    assert files(output) == files(built)
+    assert build(output) == build(built)
+
+
 def test_records_point_back_to_deidentified_slices_and_images_exist(cohort, built):
     manifest = read_ground_truth(cohort)
     truth_by_series = {remap_uid(p.series_uid, KEY): p for p in manifest.patients}
@@ -115,6 +136,7 @@ def test_the_image_is_an_rgb_composite_of_three_windows(built):
     (ViewSpec(strategy="mip", plane="coronal", window="bone"), 1),
     (ViewSpec(strategy="montage", count=4, window="40,400", image_size=64), 1),
     (ViewSpec(strategy="slabs", count=4, window="lung"), 1),
+    (ViewSpec(strategy="slabs", count=4, window="lung", layout="sides", image_size=64), 1),
 ])
 def test_view_strategies(cohort, tmp_path, spec, n_images):
     labels = [r for r in read_labels(cohort / "labels.jsonl")][:2]
@@ -125,10 +147,24 @@ def test_view_strategies(cohort, tmp_path, spec, n_images):
     if spec.strategy == "slabs":  # every one of the 16 slices shows, in one of 4 slab MIPs
         assert row["views"][0]["slices"] == list(range(16))
         assert "4 axial slab maximum-intensity projections" in row["views"][0]["description"]
+    if spec.layout == "sides":
+        assert "cut at the body's midline" in row["views"][0]["description"]
     if spec.image_size:
         from PIL import Image
 
         assert max(Image.open(tmp_path / "out" / row["image"][0]).size) == spec.image_size
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"strategy": "volume"}, "strategy must be one of"),
+    ({"count": 0}, "at least 1"),
+    ({"layout": "mirror"}, "layout must be one of grid, sides"),
+    ({"strategy": "mip", "layout": "sides"}, "strategy 'mip' has no tiles"),
+    ({"window": "lung+bone"}, "three joined by"),
+])
+def test_view_spec_refuses_what_it_cannot_draw(fields, message):
+    with pytest.raises(ConfigError, match=message):
+        ViewSpec(**fields)
 
 
 def records_of(path: Path) -> list[dict]:
