@@ -103,8 +103,12 @@ class ParameterReport:
 
 
 def parameter_report(model: Any) -> ParameterReport:
+    """Trainable and total parameters per part. A part trained in full beside LoRA is counted
+    once: PEFT keeps its frozen original (`original_module`) next to the trained copy."""
     rows: dict[str, list[int]] = {}
     for name, param in model.named_parameters():
+        if ".original_module." in name:
+            continue
         component = component_of(name) or "other"
         row = rows.setdefault(component, [0, 0])
         row[0] += param.numel() if param.requires_grad else 0

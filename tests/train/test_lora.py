@@ -185,6 +185,16 @@ def test_nothing_to_wrap_is_a_config_error(base_models, components, unknown_mode
         lora(model, components)
 
 
+def test_a_part_trained_fully_is_wholly_trainable_and_counted_once(base_models):
+    model = base_models("fast-vlm")
+    projector = sum(p.numel() for n, p in model.named_parameters() if part_of(n) == "projector")
+    peft_model = apply_lora(model, method="lora", r=4, alpha=8, dropout=0.0,
+                            components=["language"], fully=["projector"])
+    assert parameter_report(peft_model).rows["projector"] == (projector, projector)
+    assert not any(isinstance(m, LoraLayer) and part_of(n) == "projector"
+                   for n, m in peft_model.named_modules())
+
+
 @pytest.mark.parametrize(("family", "tower"), [("qwen2-vl", "model.visual"),
                                                ("fast-vlm", "model.vision_tower")])
 def test_untrained_parts_stay_in_eval_mode_and_a_nested_projector_trains(base_models, family,
