@@ -1,6 +1,8 @@
 """Read VQA / caption records from JSONL, LLaVA-style JSON or a `datasets.Dataset`.
 
-Every record keeps `source` ("train.jsonl:12") so that any later error can name it.
+Every record keeps `source` ("train.jsonl:12") so that any later error can name it. A row
+may carry `repeat` (a whole number, default 1): training sees it that many times per epoch,
+for a question too rare in the data for the model to learn from one pass.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ class Record:
     source: str
     question_type: str | None = None  # "closed" / "open" when the data says so
     answerable: bool | None = None  # False for false-premise questions
+    repeat: int = 1  # times training sees this record per epoch
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -72,12 +75,20 @@ def _make_record(row: dict[str, Any], base: Path, source: str) -> Record:
         source=source,
         question_type=row.get("question_type") or row.get("answer_type"),
         answerable=row.get("answerable"),
+        repeat=_repeat(row.get("repeat", 1), source),
         extra={k: v for k, v in row.items() if k not in _KNOWN_KEYS},
     )
 
 
 _KNOWN_KEYS = {"image", "images", "question", "answer", "question_type", "answer_type",
-               "answerable"}
+               "answerable", "repeat"}
+
+
+def _repeat(value: Any, source: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise DataError(f"{source}: `repeat` is how many times training sees the row per epoch, "
+                        f"a whole number >= 1; got {value!r}")
+    return value
 
 
 def _records_from_jsonl(path: Path) -> Iterable[Record]:

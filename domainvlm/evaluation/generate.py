@@ -2,42 +2,58 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
 from domainvlm.data.images import open_image
 from domainvlm.data.prompting import PromptFormat
 from domainvlm.data.records import Record
+from domainvlm.train.lora import part_of
+from domainvlm.train.vision_cache import TowerMemo
 
 
 def generate_answers(model: Any, fmt: PromptFormat, records: list[Record], *,
                      batch_size: int = 8, max_new_tokens: int = 32,
-                     progress: Callable[[int], None] | None = None) -> list[str]:
-    """Greedy answers for `records`, in order. Prompts are left-padded so batches decode."""
-    import torch
+                     progress: Callable[[int], None] | None = None,
+                     memo_bytes: float | None = 2 * 2**30) -> list[str]:
+    """Greedy answers for `records`, in order. Prompts are left-padded so batches decode.
 
+    Nothing trains here, so where the family allows it the vision tower runs once per distinct
+    image, not once per question (a VQA set asks several about each scan); `memo_bytes` caps
+    what is kept (None: the tower runs every time).
+    """
     tokenizer = fmt.processor.tokenizer
     side, tokenizer.padding_side = tokenizer.padding_side, "left"
     model.eval()
     answers: list[str] = []
+    memo = (TowerMemo(part_of(model, "vision"), memo_bytes)
+            if memo_bytes and fmt.family.tower_rows_per_image else contextlib.nullcontext())
     try:
-        for start in range(0, len(records), batch_size):
-            chunk = records[start:start + batch_size]
-            images = [[open_image(ref, r.source) for ref in r.images] for r in chunk]
-            prompts = [fmt.prompt(r.question, len(imgs))
-                       for r, imgs in zip(chunk, images, strict=True)]
-            flat = images if fmt.family.nest_images else [i for imgs in images for i in imgs]
-            inputs = fmt.processor(text=prompts, images=flat, padding=True,
-                                   return_tensors="pt").to(model.device)
-            with torch.no_grad():
-                out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
-                                     eos_token_id=[fmt.end_of_turn_id, tokenizer.eos_token_id],
-                                     pad_token_id=tokenizer.pad_token_id)
-            new = out[:, inputs["input_ids"].shape[1]:]
-            answers += [text.strip() for text in
-                        tokenizer.batch_decode(new, skip_special_tokens=True)]
-            if progress is not None:
-                progress(len(chunk))
+        with memo:
+            for start in range(0, len(records), batch_size):
+                chunk = records[start:start + batch_size]
+                answers += _answer_batch(model, fmt, chunk, max_new_tokens)
+                if progress is not None:
+                    progress(len(chunk))
     finally:
         tokenizer.padding_side = side
     return answers
+
+
+def _answer_batch(model: Any, fmt: PromptFormat, chunk: list[Record],
+                  max_new_tokens: int) -> list[str]:
+    import torch
+
+    tokenizer = fmt.processor.tokenizer
+    images = [[open_image(ref, r.source) for ref in r.images] for r in chunk]
+    prompts = [fmt.prompt(r.question, len(imgs)) for r, imgs in zip(chunk, images, strict=True)]
+    flat = images if fmt.family.nest_images else [i for imgs in images for i in imgs]
+    inputs = fmt.processor(text=prompts, images=flat, padding=True,
+                           return_tensors="pt").to(model.device)
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
+                             eos_token_id=[fmt.end_of_turn_id, tokenizer.eos_token_id],
+                             pad_token_id=tokenizer.pad_token_id)
+    new = out[:, inputs["input_ids"].shape[1]:]
+    return [text.strip() for text in tokenizer.batch_decode(new, skip_special_tokens=True)]

@@ -31,6 +31,12 @@ def epoch_batches(lengths: Sequence[int], batch_size: int, seed: int, epoch: int
     return batches
 
 
+def repeated(repeats: Sequence[int]) -> list[int]:
+    """Sample indices with each one `repeats[i]` times, copies side by side: the samples an
+    epoch is planned over when some rows are to be seen more than once."""
+    return [i for i, times in enumerate(repeats) for _ in range(times)]
+
+
 def split_batch(batch: Sequence[int], n_chunks: int) -> list[list[int]]:
     """Split a global batch into `n_chunks` near-equal micro-batches.
 

@@ -23,7 +23,7 @@ from domainvlm.errors import ConfigError
 from domainvlm.loading import load_model
 from domainvlm.progress import Reporter
 from domainvlm.train import checkpoint as ckpt
-from domainvlm.train.batching import epoch_batches, micro_batches
+from domainvlm.train.batching import epoch_batches, micro_batches, repeated
 from domainvlm.train.config import FinetuneConfig
 from domainvlm.train.lora import (
     COMPONENT_NAMES,
@@ -88,8 +88,8 @@ def finetune(cfg: FinetuneConfig, reporter: Reporter | None = None) -> RunResult
     fmt = PromptFormat.from_processor(processor, family)
     pad_id = pad_token_id(processor)
     with accelerator.main_process_first():
-        train = _samples(cfg.data, fmt, cfg, reporter, "train")
-        evals = _samples(cfg.eval_data, fmt, cfg, reporter, "eval") if cfg.eval_data else []
+        train, repeats = _samples(cfg.data, fmt, cfg, reporter, "train")
+        evals = _samples(cfg.eval_data, fmt, cfg, reporter, "eval")[0] if cfg.eval_data else []
 
     # Inputs are valid: only now does the output folder become this run's.
     if accelerator.is_main_process:
@@ -122,7 +122,8 @@ def finetune(cfg: FinetuneConfig, reporter: Reporter | None = None) -> RunResult
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     reporter.parameters(parameter_report(model))
 
-    steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
+    plan = repeated(repeats)  # an epoch: every sample, some more than once
+    steps_per_epoch = math.ceil(len(plan) / cfg.batch_size)
     total_steps = cfg.max_steps or math.ceil(cfg.epochs * steps_per_epoch)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate,
@@ -137,7 +138,7 @@ def finetune(cfg: FinetuneConfig, reporter: Reporter | None = None) -> RunResult
         reporter.line(f"resuming from {last.name} (step {state.step} of {total_steps})")
 
     writer = _tensorboard(cfg.output / "logs") if accelerator.is_main_process else None
-    lengths = [len(s["input_ids"]) for s in train]
+    lengths = [len(train[i]["input_ids"]) for i in plan]
 
     # --- train -------------------------------------------------------------------------------
     train_mode(model, frozen_parts)
@@ -146,8 +147,8 @@ def finetune(cfg: FinetuneConfig, reporter: Reporter | None = None) -> RunResult
             "fine-tuning", total=total_steps, completed=state.step) as advance):
         while state.step < total_steps:
             epoch, index = divmod(state.step, steps_per_epoch)
-            batch_ids = epoch_batches(lengths, cfg.batch_size, cfg.seed, epoch,
-                                      cfg.group_by_length)[index]
+            batch_ids = [plan[j] for j in epoch_batches(lengths, cfg.batch_size, cfg.seed,
+                                                        epoch, cfg.group_by_length)[index]]
             loss = _train_step(model, optimizer, accelerator, train, batch_ids, world, rank,
                                accumulation, pad_id, family, cfg.max_grad_norm)
             scheduler.step()
@@ -306,12 +307,15 @@ def _keep_best(state, record, accelerator, model, processor, output: Path) -> No
 
 
 def _samples(data, fmt, cfg, reporter, name):
+    """Encoded samples, and how many times per epoch each is trained on."""
     records = load_records(data)
     with reporter.task(f"processing {name} data", total=len(records)) as advance:
         samples, hit = load_or_encode(records, fmt, cfg.max_length, cfg.cache_dir,
                                       progress=lambda: advance(1))
-    reporter.line(f"{name}: {len(samples)} samples" + (" (from cache)" if hit else ""))
-    return samples
+    extra = sum(r.repeat for r in records) - len(records)
+    reporter.line(f"{name}: {len(samples)} samples" + (" (from cache)" if hit else "")
+                  + (f", {extra} repeats per epoch" if extra else ""))
+    return samples, [r.repeat for r in records]
 
 
 def _to_device(batch: dict[str, Any], device, family) -> dict[str, Any]:

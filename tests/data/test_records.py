@@ -40,7 +40,10 @@ def write_jsonl(path: Path, rows: list) -> Path:
 # --- JSONL ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize(("row", "images", "expected"), [
     ({"image": "img/a.png", "question": "Colour?", "answer": "red"}, ["img/a.png"],
-     {"question": "Colour?", "answer": "red", "question_type": None, "answerable": None}),
+     {"question": "Colour?", "answer": "red", "question_type": None, "answerable": None,
+      "repeat": 1}),
+    ({"image": "img/a.png", "question": "Side?", "answer": "left", "repeat": 4}, ["img/a.png"],
+     {"repeat": 4, "extra": {}}),
     ({"image": ["img/a.png", "img/b.png"], "question": "Same?", "answer": "no"},
      ["img/a.png", "img/b.png"], {"question": "Same?", "answer": "no"}),
     ({"images": ["img/b.png"], "question": " Side? ", "answer": " right\n"}, ["img/b.png"],
@@ -170,6 +173,10 @@ GOOD = {"image": "img/a.png", "question": "q", "answer": "a"}
     ([GOOD, '["a", "b"]'], r"^bad\.jsonl:2: each line must be a JSON object"),
     ([{"question": "q", "answer": "a"}], r"^bad\.jsonl:1: no image"),
     ([{**GOOD, "image": []}], r"^bad\.jsonl:1: `image` is an empty list"),
+    ([GOOD, {**GOOD, "repeat": 0}], r"^bad\.jsonl:2: `repeat` is how many times .*got 0$"),
+    ([{**GOOD, "repeat": 2.5}], r"^bad\.jsonl:1: `repeat` .*whole number >= 1; got 2\.5$"),
+    ([{**GOOD, "repeat": "3"}], r"^bad\.jsonl:1: `repeat` .*got '3'$"),
+    ([{**GOOD, "repeat": True}], r"^bad\.jsonl:1: `repeat` .*got True$"),
 ])
 def test_jsonl_errors_name_the_line(folder, lines, message):
     path = write_jsonl(folder / "bad.jsonl", lines)

@@ -19,6 +19,7 @@ from domainvlm.evaluation.metrics import abstention_rate, vqa_accuracy
 from domainvlm.evaluation.run import evaluate, score
 from domainvlm.train.config import build_config
 from domainvlm.train.loop import finetune
+from domainvlm.train.lora import part_of
 
 TEXT_KEYS = {"bleu4", "rouge_l", "meteor", "cider"}
 VQA_KEYS = {"accuracy", "n", "closed_accuracy", "closed_n", "open_accuracy", "open_n"}
@@ -174,6 +175,27 @@ def test_batched_generation_matches_one_at_a_time(tiny_models, shapes_data, fami
     assert len(one) == len(records)
     assert four == one
     assert processor.tokenizer.padding_side == "right"  # the caller's setting is restored
+
+
+@pytest.mark.parametrize("family", ["llava", "fast-vlm"])
+def test_the_tower_runs_once_per_image_with_the_same_answers(tiny_models, shapes_data, family):
+    loaded = load_with_adapter(str(tiny_models(family)))
+    fmt = PromptFormat.from_processor(loaded.processor, loaded.family)
+    records = load_records(shapes_data["eval"])[:12]
+    images = {str(r.images[0]) for r in records}
+    assert len(images) < len(records)  # several questions per image
+    tower = part_of(loaded.model, "vision")
+    first = next(m for m in tower.modules() if not list(m.children()) and
+                 any(True for _ in m.parameters()))
+    rows = []  # image rows the tower's first layer really computed
+    first.register_forward_hook(lambda module, args, out: rows.append(args[0].shape[0]))
+    live = generate_answers(loaded.model, fmt, records, batch_size=4, max_new_tokens=8,
+                            memo_bytes=None)
+    assert sum(rows) == len(records)
+    rows.clear()
+    memo = generate_answers(loaded.model, fmt, records, batch_size=4, max_new_tokens=8)
+    assert memo == live
+    assert sum(rows) == len(images)
 
 
 # ---------------------------------------------------------------------------------------------

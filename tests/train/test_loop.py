@@ -71,6 +71,24 @@ def test_equivalent_settings_take_the_same_steps(tiny_models, shapes_data, tmp_p
     assert losses(reference) == pytest.approx(losses(other), rel=1e-5)
 
 
+def test_a_repeated_row_trains_like_that_many_copies_of_it(tiny_models, shapes_data, tmp_path):
+    lines = shapes_data["train"].read_text().splitlines()
+    row = json.loads(lines[3])
+    folder = shapes_data["train"].parent  # image paths are relative to the data file
+    marked, copied = folder / "marked.jsonl", folder / "copied.jsonl"
+    marked.write_text("".join(x + "\n" for x in
+                              lines[:3] + [json.dumps({**row, "repeat": 9})] + lines[4:]))
+    copied.write_text("".join(x + "\n" for x in lines[:4] + [lines[3]] * 8 + lines[4:]))
+    steps = -(-(len(lines) + 8) // 8)  # one epoch of the copies
+    repeat = run(tiny_models, shapes_data, tmp_path, "repeat", data=str(marked), epochs=1,
+                 max_steps=None)
+    copies = run(tiny_models, shapes_data, tmp_path, "copies", data=str(copied),
+                 max_steps=steps)
+    assert repeat.steps == steps > -(-len(lines) // 8)
+    assert max_difference(adapter_weights(repeat), adapter_weights(copies)) < 1e-5
+    assert losses(repeat) == pytest.approx(losses(copies), rel=1e-5)
+
+
 def test_frozen_tower_outputs_are_memoized_when_the_projector_trains(tiny_models, shapes_data,
                                                                      tmp_path):
     rows = [json.loads(x) for x in shapes_data["train"].read_text().splitlines()]
