@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from domainvlm.medical.demo import DemoConfig
+from domainvlm.medical.demo import NANO_INPUT_PX, DemoConfig
 
 app = typer.Typer(
     help="DICOM in: inspect, render, de-identify, synthesise CT, build VQA data.\n\n"
@@ -259,7 +259,8 @@ def demo_command(
         Path("runs/demo")),
     model: Annotated[str, typer.Option(
         help="Base model (hub id or folder), shown views at its processor's crop size; "
-        "default: the nano model (shipped; built if missing), fed 256 px views.")] = "",
+        f"default: the nano model (shipped; built if missing), fed {NANO_INPUT_PX} px views.")]
+        = "",
     patients: Annotated[int, typer.Option(min=10, help="Synthetic CT patients.")] = (
         DemoConfig.patients),
     epochs: Annotated[float, typer.Option(

@@ -20,12 +20,17 @@ DEMO_KEY = "domainvlm-demo"  # the de-identification key of the synthetic cohort
 # seen, so a 6 mm nodule on a 6 mm slice shows at full contrast (a 9-slice montage of 21 mm
 # slices hid a third of the small lesions).
 VIEW = {"strategy": "slabs", "count": 4, "window": "lung+liver+mediastinum"}
-# The nano's convolutional tower learnt at 192 px; fed 256 px views (64 image tokens instead of
-# 36) it finds more small lesions (README, "What the demo measures today").
-NANO_INPUT_PX = 256
+# The nano's convolutional tower learnt at 192 px; fed 320 px views (100 image tokens instead of
+# 36) it finds more small lesions: a 6 mm one spans 3 to 4 pixels of a tile, not 2 to 3 (README,
+# "What the demo measures today").
+NANO_INPUT_PX = 320
 # Rows and columns of each slice: 2.5 mm pixels over the 320 mm field, so that a 6 mm lesion
 # fills whole pixels (on a 5 mm grid partial volume dims it to a faint single pixel).
 CT_MATRIX = (128, 128)
+# Which lung holds a nodule is the one answer that hangs on where a few pixels sit in the image.
+# Asked once per patient, the adapter answered "right" to every nodule; trained on four times per
+# epoch (its "There is none." rows too, so that abstaining keeps its share) it learns it (README).
+REPEATS = {"Which side is the lung nodule on?": 4}
 
 
 @dataclass(frozen=True)
@@ -35,7 +40,7 @@ class DemoConfig:
     patients: int = 240
     slices: int = 32
     seed: int = 0
-    epochs: float = 8.0
+    epochs: float = 6.0
     learning_rate: float = 1e-3
     lora_r: int = 16
     # LoRA on the language model, the projector trained in full and saved in the adapter
@@ -131,7 +136,9 @@ def _make_data(cfg: DemoConfig, out: Path, image_size: int, reporter: Reporter) 
                                 shape=(cfg.slices, *CT_MATRIX), progress=advance,
                                 workers=workers)
     labels = out / "cohort" / "labels.jsonl"
-    labels.write_text("".join(json.dumps(r) + "\n" for r in cohort_questions(manifest.patients)))
+    rows = [{**row, "repeat": REPEATS[row["question"]]} if row["question"] in REPEATS else row
+            for row in cohort_questions(manifest.patients)]
+    labels.write_text("".join(json.dumps(r) + "\n" for r in rows))
     fetch = folder_fetcher(out / "cohort")
     with reporter.task("de-identifying and rendering", total=cfg.patients) as advance:
         build_vqa(fetch, labels, out / "vqa", deid=DeidConfig(project_key=DEMO_KEY),
@@ -165,8 +172,9 @@ def _image_size(model: str) -> int:
 def _steps(vqa: Path, cfg: DemoConfig) -> int:
     import math
 
-    lines = (vqa / "train.jsonl").read_text().count("\n")
-    return math.ceil(cfg.epochs * math.ceil(lines / cfg.batch_size))
+    rows = [json.loads(line) for line in (vqa / "train.jsonl").read_text().splitlines()]
+    samples = sum(row.get("repeat", 1) for row in rows)  # what one epoch trains on
+    return math.ceil(cfg.epochs * math.ceil(samples / cfg.batch_size))
 
 
 def summary_rows(result: DemoResult) -> list[tuple[str, str, str]]:

@@ -109,7 +109,7 @@ def _predictions(folder: Path) -> dict[str, dict[str, Any]]:
 
 
 def _markdown(result: Any, cfg: Any, model: str, vqa: Path) -> str:
-    from domainvlm.medical.demo import CT_MATRIX, VIEW, config_dict, summary_rows
+    from domainvlm.medical.demo import CT_MATRIX, REPEATS, VIEW, config_dict, summary_rows
 
     build = json.loads((vqa / "build.json").read_text())
     table = "\n".join(f"| {a} | {b} | {c} |" for a, b, c in summary_rows(result))
@@ -126,7 +126,8 @@ Base model: `{model}`. Data: {cfg.patients} synthetic CT patients (`domainvlm.me
 seed {cfg.seed}, {cfg.slices} slices of {CT_MATRIX[0]}x{CT_MATRIX[1]}) written as DICOM,
 de-identified (PS3.15 Basic Profile) and rendered as one montage of {VIEW['count']} slab MIPs per
 scan (RGB = {VIEW['window'].replace('+', ', ')} windows). Questions per split (by patient, no
-patient in two splits): {build['records']}; patients: {build['patients']}. Scores below are on the
+patient in two splits): {build['records']}; patients: {build['patients']}. Trained on more than
+once per epoch: {', '.join(f'"{q}" x{k}' for q, k in REPEATS.items())}. Scores below are on the
 **test** patients only, which neither training nor model selection saw.
 
 | metric (test patients) | base, zero-shot | adapted (LoRA) |

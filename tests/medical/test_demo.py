@@ -4,6 +4,7 @@ model beats its base on held-out patients."""
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 
@@ -11,7 +12,7 @@ import pytest
 from PIL import Image
 from transformers import AutoImageProcessor
 
-from domainvlm.medical.demo import NANO_INPUT_PX
+from domainvlm.medical.demo import NANO_INPUT_PX, REPEATS
 
 
 @pytest.mark.slow
@@ -19,7 +20,7 @@ def test_shrunken_demo_end_to_end(tmp_path):
     out = tmp_path / "demo"
     result = subprocess.run(  # the default base model: the shipped nano
         [sys.executable, "-m", "domainvlm.cli", "demo", "--output", str(out),
-         "--patients", "24", "--epochs", "8"],
+         "--patients", "24", "--epochs", "6"],
         capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     for name in ("report.md", "loss.png", "accuracy.png", "gallery.png", "timings.json"):
@@ -41,6 +42,13 @@ def test_shrunken_demo_end_to_end(tmp_path):
     test = {json.loads(x)["patient"] for x in (out / "vqa" / "test.jsonl").read_text()
             .splitlines()}
     assert test and not train & test
+    # The repeated question reaches training: one epoch is that many more samples.
+    rows = [json.loads(x) for x in (out / "vqa" / "train.jsonl").read_text().splitlines()]
+    assert {row.get("repeat") for row in rows if row["question"] in REPEATS} == {4}
+    assert not any("repeat" in row for row in rows if row["question"] not in REPEATS)
+    samples = sum(row.get("repeat", 1) for row in rows)
+    steps = json.loads((out / "finetune" / "run.json").read_text())["summary"]["steps"]
+    assert steps == math.ceil(6 * math.ceil(samples / 16)) > math.ceil(6 * len(rows) / 16)
     # The nano is fed NANO_INPUT_PX views, rendered at that size: never resampled again.
     crop = AutoImageProcessor.from_pretrained(out / "base-model").crop_size["height"]
     image = json.loads((out / "vqa" / "test.jsonl").read_text().splitlines()[0])["image"][0]
