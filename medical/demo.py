@@ -109,8 +109,7 @@ def run_demo(cfg: DemoConfig, reporter: Reporter | None = None) -> DemoResult:
     adapted = evaluate(str(run.adapter), str(vqa / "test.jsonl"), out / "eval-adapted",
                        batch_size=32, max_new_tokens=12, reporter=reporter)
     lap("adapted evaluation")
-    probe = {name: _probe(source, vqa, out / f"probe-{name}.json", reporter)
-             for name, source in (("base", model), ("adapted", str(run.adapter)))}
+    probe = _probes(model, run.adapter, vqa, out, reporter)
     lap("feature probes")
     result = DemoResult(out, base, adapted, probe, timings)
     from domainvlm.medical.demo_report import write_report
@@ -148,15 +147,19 @@ def _make_data(cfg: DemoConfig, out: Path, image_size: int, reporter: Reporter) 
     return out / "vqa"
 
 
-def _probe(model: str, vqa: Path, output: Path, reporter: Reporter) -> dict[str, Any]:
-    """Can the closed questions be read off the image features this model's LM receives?"""
+def _probes(model: str, adapter: Path, vqa: Path, out: Path,
+            reporter: Reporter) -> dict[str, dict[str, Any]]:
+    """Can the closed questions be read off the image features the LM receives, before and
+    after adaptation? Both from one pass of the frozen tower; OUT/probe-{base,adapted}.json."""
     from domainvlm.evaluation.probe import probe_closed_questions
     from domainvlm.train.run_dir import write_json_atomic
 
-    result = probe_closed_questions(model, str(vqa / "train.jsonl"), str(vqa / "test.jsonl"),
-                                    reporter=reporter)
-    write_json_atomic(output, result)
-    return result
+    adapted = probe_closed_questions(str(adapter), str(vqa / "train.jsonl"),
+                                     str(vqa / "test.jsonl"), reporter=reporter, base_too=True)
+    probes = {"base": {"model": model, **adapted.pop("base")}, "adapted": adapted}
+    for name, result in probes.items():
+        write_json_atomic(out / f"probe-{name}.json", result)
+    return probes
 
 
 def _image_size(model: str) -> int:

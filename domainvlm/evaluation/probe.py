@@ -26,12 +26,15 @@ FOLDS = 4
 
 
 def probe_closed_questions(model: str, train: str, test: str, *,
-                           reporter: Reporter | None = None) -> dict[str, Any]:
+                           reporter: Reporter | None = None,
+                           base_too: bool = False) -> dict[str, Any]:
     """Probe and baseline accuracy on `test` per category (record `category`, else "closed").
 
     `model` is a model or adapter folder. Only answerable closed questions with at least two
     different answers among the training images are probed; TRAIN and TEST must not share an
-    image (a probe scored on images it was fitted on overstates).
+    image (a probe scored on images it was fitted on overstates). With `base_too` (`model` an
+    adapter) the result's "base" holds the same probe of the base model, whose features come
+    from the same tower outputs: a frozen tower then runs once per image for both.
     """
     train_records, test_records = _closed(load_records(train)), _closed(load_records(test))
     questions = _probed_questions(train_records)
@@ -48,9 +51,19 @@ def probe_closed_questions(model: str, train: str, test: str, *,
     if shared:
         raise DataError(f"{len(shared)} image(s) of {test} also appear in {train}; split by "
                         "image (or patient) so that the probe is scored on unseen images")
-    features = image_features(model, train_records + test_records, keys, reporter=reporter)
+    features = image_features(model, train_records + test_records, keys, reporter=reporter,
+                              base_too=base_too)
+    result = {"model": model, **_scores(features["model"], keys, train_records, test_records)}
+    if base_too:
+        result["base"] = _scores(features["base"], keys, train_records, test_records)
+    return result
+
+
+def _scores(features: dict[str, Any], keys: dict[int, str], train_records: list[Record],
+            test_records: list[Record]) -> dict[str, Any]:
+    """Per category and overall: the probe's and the commonest answer's test accuracy."""
     hits: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])  # probe, baseline, n
-    for question in sorted(questions):
+    for question in sorted({r.question for r in train_records}):
         fit = [r for r in train_records if r.question == question]
         scored = [r for r in test_records if r.question == question]
         if not scored:
@@ -67,23 +80,30 @@ def probe_closed_questions(model: str, train: str, test: str, *,
     by_category = {name: {"probe_accuracy": p / n, "baseline_accuracy": b / n, "n": n}
                    for name, (p, b, n) in sorted(hits.items())}
     probe, baseline, n = (sum(t[i] for t in hits.values()) for i in range(3))
-    overall = {"probe_accuracy": probe / n, "baseline_accuracy": baseline / n, "n": n}
-    return {"model": model, "by_category": by_category, "overall": overall}
+    return {"by_category": by_category,
+            "overall": {"probe_accuracy": probe / n, "baseline_accuracy": baseline / n, "n": n}}
 
 
 def image_features(model: str, records: list[Record], keys: dict[int, str], *,
-                   reporter: Reporter | None = None) -> dict[str, Any]:
-    """keys[id(record)] -> the features the language model receives for that record's images,
-    mean- and max-pooled over all their tokens."""
+                   reporter: Reporter | None = None,
+                   base_too: bool = False) -> dict[str, dict[str, Any]]:
+    """["model"][keys[id(record)]] -> the features the language model receives for that
+    record's images, mean- and max-pooled over all their tokens; with `base_too` (`model` an
+    adapter) also ["base"][...], the adapter switched off, on the same tower outputs."""
+    import contextlib
+
     import torch
 
-    from domainvlm.adapter_io import load_with_adapter
+    from domainvlm.adapter_io import is_adapter_folder, load_with_adapter
     from domainvlm.data.encode import encode_records, image_token_id, pad_token_id
     from domainvlm.data.prompting import PromptFormat
     from domainvlm.errors import ConfigError
     from domainvlm.train.lora import part_of
-    from domainvlm.train.vision_cache import FEATURE_KEY, attach_image_features
+    from domainvlm.train.vision_cache import FEATURE_KEY, TowerMemo, attach_image_features
 
+    if base_too and not is_adapter_folder(model):
+        raise ConfigError(f"{model} is not an adapter folder, so it has no base model to probe "
+                          "beside it")
     loaded = load_with_adapter(model)
     processor = loaded.processor
     token = image_token_id(processor)
@@ -95,14 +115,24 @@ def image_features(model: str, records: list[Record], keys: dict[int, str], *,
         raise ConfigError(f"{model}: its processor names no image token, so the image "
                           "features cannot be told apart from the text; it cannot be probed")
     unique = {keys[id(r)]: r for r in records}
-    samples = encode_records(list(unique.values()), PromptFormat.from_processor(
-        processor, loaded.family), max_length=1_000_000)
+    fmt = PromptFormat.from_processor(processor, loaded.family)
     loaded.model.eval()
-    with (reporter or Reporter()).task("image features to probe", total=len(samples)) as advance:
-        attach_image_features(loaded.model, samples, token, pad_token_id(processor),
-                              progress=advance)
-    return {key: torch.cat([s[FEATURE_KEY].float().mean(0), s[FEATURE_KEY].float().amax(0)])
-            for key, s in zip(unique, samples, strict=True)}
+    variants = {"base": loaded.model.disable_adapter} if base_too else {}
+    variants["model"] = contextlib.nullcontext
+    memo = (TowerMemo(part_of(loaded.model, "vision"), 2 * 2**30)
+            if loaded.family.tower_rows_per_image else contextlib.nullcontext())
+    features: dict[str, dict[str, Any]] = {}
+    with memo, (reporter or Reporter()).task(
+            "image features to probe", total=len(unique) * len(variants)) as advance:
+        for name, switch in variants.items():
+            samples = encode_records(list(unique.values()), fmt, max_length=1_000_000)
+            with switch():
+                attach_image_features(loaded.model, samples, token, pad_token_id(processor),
+                                      progress=advance)
+            features[name] = {
+                key: torch.cat([s[FEATURE_KEY].float().mean(0), s[FEATURE_KEY].float().amax(0)])
+                for key, s in zip(unique, samples, strict=True)}
+    return features
 
 
 def _closed(records: list[Record]) -> list[Record]:

@@ -10,6 +10,7 @@ import sys
 import pytest
 from PIL import Image
 
+from domainvlm.errors import ConfigError
 from domainvlm.evaluation.probe import probe_closed_questions
 
 COLOURS = {"red": (200, 40, 40), "blue": (40, 60, 200)}
@@ -86,3 +87,37 @@ def test_probe_refuses_data_it_cannot_score_honestly(tiny_models, colour_data, t
         capture_output=True, text=True, timeout=300)
     assert done.returncode == 2
     assert expected in done.stderr and "Traceback" not in done.stderr
+
+
+def test_probe_of_an_adapter_and_its_base_from_one_tower_pass(tiny_models, colour_data,
+                                                              tmp_path, monkeypatch):
+    import torch
+
+    from domainvlm.data.records import load_records
+    from domainvlm.evaluation.probe import image_features
+    from domainvlm.train.config import build_config
+    from domainvlm.train.loop import finetune
+    from domainvlm.train.vision_cache import TowerMemo
+
+    base = str(tiny_models("llava"))
+    adapter = str(finetune(build_config(dict(
+        model=base, data=str(colour_data / "train.jsonl"), output=str(tmp_path / "run"),
+        train_fully=["projector"], max_steps=3, batch_size=8, learning_rate=5e-2))).adapter)
+    records = load_records(colour_data / "test.jsonl")[:12]
+    keys = {id(r): str(r.images[0]) for r in records}
+    computed = []  # image rows each TowerMemo really ran the tower on
+    exit_memo = TowerMemo.__exit__
+    monkeypatch.setattr(TowerMemo, "__exit__",
+                        lambda memo, *exc: (computed.append(memo.computed), exit_memo(memo)))
+    both = image_features(adapter, records, keys, base_too=True)
+    assert computed == [3]  # 3 images: the tower once each, for the base and the adapter
+    alone = image_features(base, records, keys)["model"]
+    for key in alone:
+        assert torch.allclose(both["base"][key], alone[key], atol=1e-5)
+        assert not torch.allclose(both["model"][key], alone[key], atol=1e-3)
+    train, test = str(colour_data / "train.jsonl"), str(colour_data / "test.jsonl")
+    result = probe_closed_questions(adapter, train, test, base_too=True)
+    assert result["base"] == {k: v for k, v in probe_closed_questions(base, train, test).items()
+                              if k != "model"}
+    with pytest.raises(ConfigError, match="not an adapter folder, so it has no base model"):
+        probe_closed_questions(base, train, test, base_too=True)
