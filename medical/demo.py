@@ -19,7 +19,9 @@ DEMO_KEY = "domainvlm-demo"  # the de-identification key of the synthetic cohort
 # The stack cut into 4 slabs, each shown as its maximum-intensity projection: every slice is
 # seen, so a 6 mm nodule on a 6 mm slice shows at full contrast (a 9-slice montage of 21 mm
 # slices hid a third of the small lesions).
-VIEW = {"strategy": "slabs", "count": 4, "window": "lung+liver+mediastinum"}
+# Red is the lung window over the lungs alone, so that neither chest wall nor liver in a slab
+# hides a nodule (`domainvlm.medical.lungs`; README).
+VIEW = {"strategy": "slabs", "count": 4, "window": "lung-only+liver+mediastinum"}
 # The nano's convolutional tower learnt at 192 px; fed 320 px views (100 image tokens instead of
 # 36) it finds more small lesions: a 6 mm one spans 3 to 4 pixels of a tile, not 2 to 3 (README,
 # "What the demo measures today").

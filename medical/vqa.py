@@ -21,6 +21,7 @@ from domainvlm.errors import ConfigError, DataError
 from domainvlm.medical.deid import DeidConfig, deidentify
 from domainvlm.medical.io import DicomSource
 from domainvlm.medical.labels import LabelRow, read_labels
+from domainvlm.medical.lungs import lungs_only
 from domainvlm.medical.render import resolve_window
 from domainvlm.medical.series import Volume, load_volume
 from domainvlm.medical.sources import SeriesFetcher
@@ -29,6 +30,9 @@ from domainvlm.medical.views import LAYOUTS, View, even_slices, mip, montage, sl
 from domainvlm.parallel import map_in_order
 
 COMPOSITE = ("lung", "mediastinum", "bone")  # red, green, blue
+# The lung window over the lungs alone (`domainvlm.medical.lungs`): in a slab MIP neither chest
+# wall nor liver can hide a nodule.
+LUNG_ONLY = "lung-only"
 
 
 Strategy = Literal["montage", "slabs", "slices", "mip"]
@@ -41,13 +45,14 @@ class ViewSpec:
 
     strategy: `montage` (one image of `count` evenly spread slices), `slabs` (one image of
     `count` slab MIPs that together cover every slice), `slices` (`count` images), `mip` (one
-    maximum-intensity projection onto `plane`). window: a preset name, "C,W", or
-    three windows joined by "+" ("lung+liver+bone") as the red, green and blue channels, so one
-    image carries what a radiologist reads in three; `composite` is "lung+mediastinum+bone".
-    `image_size`: longer side in px. layout (montage and slabs): `grid` of whole slices, or
-    `sides`: every tile cut at the body's midline, the image-left halves (the patient's right)
-    tiled in the left half of the image and the others in the right half, so that "which
-    side" is a half of the image, not a place within a tile.
+    maximum-intensity projection onto `plane`). window: a preset name, "C,W", or three windows
+    joined by "+" ("lung+liver+bone") as the red, green and blue channels, so one image carries
+    what a radiologist reads in three; `composite` is "lung+mediastinum+bone"; `lung-only` is
+    the lung window over the lungs alone (`domainvlm.medical.lungs`). `image_size`: longer side
+    in px. layout (montage and slabs): `grid` of whole slices, or `sides`: every tile cut at the
+    body's midline, the image-left halves (the patient's right) tiled in the left half of the
+    image and the others in the right half, so that "which side" is a half of the image, not a
+    place within a tile.
     """
 
     strategy: Strategy = "montage"
@@ -82,6 +87,8 @@ def composite_windows(window: str) -> tuple[str, ...]:
 
 def window_of(text: str) -> Any:
     """A preset name or "center,width" -> render.Window (ConfigError names valid presets)."""
+    if text == LUNG_ONLY:
+        return resolve_window("lung")
     if "," in text:
         try:
             center, width = (float(v) for v in text.split(","))
@@ -96,7 +103,9 @@ def render_views(volume: Volume, spec: ViewSpec) -> list[View]:
     import numpy as np
 
     windows = composite_windows(spec.window)
-    per_window = [_strategy(volume, spec, window_of(w)) for w in windows]
+    lungs = lungs_only(volume) if LUNG_ONLY in windows else None
+    per_window = [_strategy(lungs if w == LUNG_ONLY else volume, spec, window_of(w))
+                  for w in windows]
     views = []
     for parts in zip(*per_window, strict=True):
         image = np.stack([p.image for p in parts], axis=-1) if len(parts) > 1 else parts[0].image
