@@ -124,8 +124,9 @@ def image_features(model: str, records: list[Record], keys: dict[int, str], *,
     features: dict[str, dict[str, Any]] = {}
     with memo, (reporter or Reporter()).task(
             "image features to probe", total=len(unique) * len(variants)) as advance:
+        encoded = encode_records(list(unique.values()), fmt, max_length=1_000_000)
         for name, switch in variants.items():
-            samples = encode_records(list(unique.values()), fmt, max_length=1_000_000)
+            samples = [dict(sample) for sample in encoded]  # attaching features edits them
             with switch():
                 attach_image_features(loaded.model, samples, token, pad_token_id(processor),
                                       progress=advance)
