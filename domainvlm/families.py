@@ -33,15 +33,19 @@ class Family:
     # Whether the vision tower's outputs hold one row per image (not flattened patches or
     # tiles), so a frozen tower's outputs can be kept per image (`TowerMemo`).
     tower_rows_per_image: bool = False
+    # Whether the rows of one image can share one sequence (`domainvlm.data.packing`): the
+    # prompt puts the image first, positions are 1-D and attention is causal throughout.
+    packs_questions: bool = False
 
 
 _QWEN_RESOLUTION = {"min_pixels": "shortest_edge", "max_pixels": "longest_edge"}
 
 FAMILIES: tuple[Family, ...] = (
-    Family("llava", ("llava",), tower_rows_per_image=True),
+    Family("llava", ("llava",), tower_rows_per_image=True, packs_questions=True),
     Family("llava-next", ("llava_next",)),
     # The projector output reaches the model as one tensor (FastVlmModel calls .to() on it).
-    Family("fast-vlm", ("fast_vlm",), image_features_as="tensor", tower_rows_per_image=True),
+    Family("fast-vlm", ("fast_vlm",), image_features_as="tensor", tower_rows_per_image=True,
+           packs_questions=True),
     Family("qwen2-vl", ("qwen2_vl",), resolution_keys=_QWEN_RESOLUTION),
     Family("qwen2.5-vl", ("qwen2_5_vl",), resolution_keys=_QWEN_RESOLUTION),
     Family("idefics3", ("idefics3", "smolvlm"), nest_images=True, image_features_as="tensor"),

@@ -45,7 +45,8 @@ class FinetuneConfig(BaseModel):
     )
     epochs: float = Field(3.0, gt=0)
     max_steps: int | None = Field(None, gt=0, description="Stop after this many steps")
-    batch_size: int = Field(8, gt=0, description="Samples per optimizer step (all processes)")
+    batch_size: int = Field(8, gt=0, description="Samples per optimizer step (all processes); "
+                            "with --pack-questions, images with all their questions")
     micro_batch_size: int | None = Field(
         None, gt=0, description="Samples per forward pass per process; the rest is accumulated"
     )
@@ -60,6 +61,10 @@ class FinetuneConfig(BaseModel):
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
     gradient_checkpointing: bool = False
     group_by_length: bool = True
+    pack_questions: bool = Field(
+        False, description="Train all questions about one image as one sequence, its image "
+        "tokens once (each row still attends only to the image and itself, so its loss is "
+        "unchanged); --batch-size then counts images. LLaVA and FastVLM families")
     vision_cache: Literal["auto", "off"] = Field(
         "auto", description="Keep frozen image features in memory instead of recomputing them"
     )

@@ -17,6 +17,8 @@ from typing import Any
 from domainvlm.data.cache import load_or_encode
 from domainvlm.data.collate import collate
 from domainvlm.data.encode import IGNORE_INDEX, image_token_id, pad_token_id
+from domainvlm.data.images import image_digest
+from domainvlm.data.packing import attention_of, check_packable, pack_by_image, with_segment_mask
 from domainvlm.data.prompting import PromptFormat
 from domainvlm.data.records import load_records
 from domainvlm.errors import ConfigError
@@ -87,9 +89,12 @@ def finetune(cfg: FinetuneConfig, reporter: Reporter | None = None) -> RunResult
     model, processor, family = loaded.model, loaded.processor, loaded.family
     fmt = PromptFormat.from_processor(processor, family)
     pad_id = pad_token_id(processor)
+    if cfg.pack_questions:
+        check_packable(family, attention_of(model))
     with accelerator.main_process_first():
-        train, repeats = _samples(cfg.data, fmt, cfg, reporter, "train")
-        evals = _samples(cfg.eval_data, fmt, cfg, reporter, "eval")[0] if cfg.eval_data else []
+        train, repeats, rows = _samples(cfg.data, fmt, cfg, reporter, "train")
+        evals = (_samples(cfg.eval_data, fmt, cfg, reporter, "eval", repeat=False)[0]
+                 if cfg.eval_data else [])
 
     # Inputs are valid: only now does the output folder become this run's.
     if accelerator.is_main_process:
@@ -153,7 +158,7 @@ def finetune(cfg: FinetuneConfig, reporter: Reporter | None = None) -> RunResult
                                accumulation, pad_id, family, cfg.max_grad_norm)
             scheduler.step()
             state.step += 1
-            seen += len(batch_ids)
+            seen += sum(rows[i] for i in batch_ids)
             last_loss = loss
             record = {"step": state.step, "loss": loss, "lr": scheduler.get_last_lr()[0]}
             if evals and (state.step == total_steps
@@ -233,6 +238,7 @@ def token_loss_sum(model, inputs: dict[str, Any]):
     trained = labels[:, 1:] != IGNORE_INDEX  # (B, L-1): position t predicts token t+1
     keep = torch.zeros_like(labels, dtype=torch.bool)
     keep[:, :-1] = trained
+    inputs = with_segment_mask(inputs, attention_of(model))
     logits = model(**inputs, logits_to_keep=keep).logits  # (N_answer, V)
     return F.cross_entropy(logits.float(), labels[:, 1:][trained], reduction="sum")
 
@@ -306,16 +312,28 @@ def _keep_best(state, record, accelerator, model, processor, output: Path) -> No
             save_adapter(accelerator.unwrap_model(model), processor, output / "best")
 
 
-def _samples(data, fmt, cfg, reporter, name):
-    """Encoded samples, and how many times per epoch each is trained on."""
+def _samples(data, fmt, cfg, reporter, name, repeat=True):
+    """Encoded samples (with `pack_questions`, one packed sequence per image), how many times
+    per epoch each is trained on, and how many data rows each holds."""
     records = load_records(data)
     with reporter.task(f"processing {name} data", total=len(records)) as advance:
         samples, hit = load_or_encode(records, fmt, cfg.max_length, cfg.cache_dir,
                                       progress=lambda: advance(1))
-    extra = sum(r.repeat for r in records) - len(records)
-    reporter.line(f"{name}: {len(samples)} samples" + (" (from cache)" if hit else "")
-                  + (f", {extra} repeats per epoch" if extra else ""))
-    return samples, [r.repeat for r in records]
+    repeats = [r.repeat if repeat else 1 for r in records]
+    extra = sum(repeats) - len(records)
+    line = (f"{name}: {len(samples)} samples" + (" (from cache)" if hit else "")
+            + (f", {extra} repeats per epoch" if extra else ""))
+    if not cfg.pack_questions:
+        reporter.line(line)
+        return samples, repeats, [1] * len(samples)
+    keys = [tuple(image_digest(ref) for ref in r.images) or None for r in records]
+    packs, rows = pack_by_image(samples, repeats, keys, cfg.max_length,
+                                image_token_id(fmt.processor))
+    before = sum(len(s["input_ids"]) * times for s, times in zip(samples, repeats, strict=True))
+    after = sum(len(p["input_ids"]) for p in packs)
+    reporter.line(f"{line}; packed by image into {len(packs)} sequences "
+                  f"({before / after:.1f}x fewer tokens)")
+    return packs, [1] * len(packs), rows
 
 
 def _to_device(batch: dict[str, Any], device, family) -> dict[str, Any]:

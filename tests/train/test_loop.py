@@ -241,3 +241,14 @@ def test_frozen_has_one_spelling_and_leaves_something_to_train():
     assert a.fingerprint_fields() == b.fingerprint_fields()
     with pytest.raises(ConfigError, match="nothing would train"):
         build_config({**base, "frozen": ["language", "vision", "projector"]})
+
+
+def test_packed_questions_take_the_same_steps_as_their_rows(tiny_models, shapes_data, tmp_path):
+    rows = [json.loads(x) for x in shapes_data["train"].read_text().splitlines()]
+    images = len({r["image"] for r in rows})
+    # Each step over the whole set, either way: the same rows, so the same updates.
+    alone = run(tiny_models, shapes_data, tmp_path, "alone", batch_size=len(rows), max_steps=3)
+    packed = run(tiny_models, shapes_data, tmp_path, "packed", batch_size=images, max_steps=3,
+                 pack_questions=True)
+    assert max_difference(adapter_weights(alone), adapter_weights(packed)) < 1e-5
+    assert losses(alone) == pytest.approx(losses(packed), rel=1e-5)
