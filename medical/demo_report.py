@@ -162,7 +162,9 @@ reach means the language side has not learned to use what it sees.
 
 ## Run
 
-Settings: `{json.dumps(config_dict(cfg))}`. Adapter: `finetune/adapter` (PEFT format).
+Settings: `{json.dumps(config_dict(cfg))}`. The questions about each scan train as one
+sequence (`--pack-questions`: the image's tokens once, each question seeing only the image and
+itself), {cfg.batch_size} scans per step. Adapter: `finetune/adapter` (PEFT format).
 Predictions: `eval-base/predictions.jsonl`, `eval-adapted/predictions.jsonl`.
 
 | stage | time |

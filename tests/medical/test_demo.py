@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 from transformers import AutoImageProcessor
 
-from domainvlm.medical.demo import NANO_INPUT_PX, REPEATS
+from domainvlm.medical.demo import NANO_INPUT_PX, REPEATS, DemoConfig
 
 
 @pytest.mark.slow
@@ -42,13 +42,17 @@ def test_shrunken_demo_end_to_end(tmp_path):
     test = {json.loads(x)["patient"] for x in (out / "vqa" / "test.jsonl").read_text()
             .splitlines()}
     assert test and not train & test
-    # The repeated question reaches training: one epoch is that many more samples.
+    # The repeated question reaches training: one epoch trains that many more rows, packed
+    # with the other questions about their scan (one sequence per scan, batches of scans).
     rows = [json.loads(x) for x in (out / "vqa" / "train.jsonl").read_text().splitlines()]
     assert {row.get("repeat") for row in rows if row["question"] in REPEATS} == {4}
     assert not any("repeat" in row for row in rows if row["question"] not in REPEATS)
     samples = sum(row.get("repeat", 1) for row in rows)
-    steps = json.loads((out / "finetune" / "run.json").read_text())["summary"]["steps"]
-    assert steps == math.ceil(6 * math.ceil(samples / 16)) > math.ceil(6 * len(rows) / 16)
+    scans = len({tuple(row["image"]) for row in rows})
+    summary = json.loads((out / "finetune" / "run.json").read_text())["summary"]
+    assert summary["steps"] == 6 * math.ceil(scans / DemoConfig.batch_size)
+    trained = summary["samples_per_second"] * summary["seconds"]
+    assert trained == pytest.approx(6 * samples, rel=1e-3) and samples > len(rows)
     # The nano is fed NANO_INPUT_PX views, rendered at that size: never resampled again.
     crop = AutoImageProcessor.from_pretrained(out / "base-model").crop_size["height"]
     image = json.loads((out / "vqa" / "test.jsonl").read_text().splitlines()[0])["image"][0]
