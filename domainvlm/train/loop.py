@@ -180,7 +180,7 @@ def finetune(cfg: FinetuneConfig, reporter: Reporter | None = None) -> RunResult
         save_adapter(accelerator.unwrap_model(model), processor, adapter)
         summary = {"steps": state.step, "final_loss": last_loss,
                    "best_eval_loss": state.best_eval_loss, "best_step": state.best_step,
-                   "seconds": round(elapsed, 3),
+                   "seconds": round(elapsed, 3), "samples": seen,  # data rows, repeats counted
                    "samples_per_second": round(seen * 1.0 / elapsed, 3) if elapsed else None,
                    "world_size": world}
         if memo is not None:  # what the frozen tower really ran on, and what memory served

@@ -51,8 +51,7 @@ def test_shrunken_demo_end_to_end(tmp_path):
     scans = len({tuple(row["image"]) for row in rows})
     summary = json.loads((out / "finetune" / "run.json").read_text())["summary"]
     assert summary["steps"] == 6 * math.ceil(scans / DemoConfig.batch_size)
-    trained = summary["samples_per_second"] * summary["seconds"]
-    assert trained == pytest.approx(6 * samples, rel=1e-3) and samples > len(rows)
+    assert summary["samples"] == 6 * samples > 6 * len(rows)
     # The nano is fed NANO_INPUT_PX views, rendered at that size: never resampled again.
     crop = AutoImageProcessor.from_pretrained(out / "base-model").crop_size["height"]
     image = json.loads((out / "vqa" / "test.jsonl").read_text().splitlines()[0])["image"][0]
