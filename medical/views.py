@@ -130,20 +130,22 @@ def mip(volume: Volume, plane: str, window: WindowLike = None) -> View:
 
 
 def montage(volume: Volume, n: int, columns: int | None = None, window: WindowLike = None,
-            *, tile_size: int | None = None, gap: int = 2, layout: str = "grid") -> View:
+            *, tile_size: int | None = None, gap: int = 2, layout: str = "grid",
+            body: Volume | None = None) -> View:
     """`n` evenly spread slices tiled left to right, then top to bottom, in one image.
 
     `columns` defaults to a near-square grid; `tile_size` scales each tile so its longer side
     has that many pixels; tiles are separated by `gap` pixels of mid grey (128), which no
     windowed tissue is mistaken for at a glance. `layout` "sides" cuts every tile at the
-    body's midline instead (see `_tile_sides`).
+    body's midline instead (see `_tile_sides`), the body found in `body` (default `volume`):
+    a masked copy, such as the lungs alone, is cut where the whole patient is.
     """
     win = _window(volume, window)
     plane = acquisition_plane(volume)
     indices = pick_slices(volume.shape[0], n)
     units = [_display_slice(volume, volume.values[k], plane, win) for k in indices]
-    image, boxes, pixel_mm, grid, owners = _arrange(units, volume, plane, columns, tile_size,
-                                                    gap, layout)
+    image, boxes, pixel_mm, grid, owners = _arrange(units, body or volume, plane, columns,
+                                                    tile_size, gap, layout)
     return View(
         image=image, plane=plane, slice_indices=tuple(indices),
         sop_instance_uids=tuple(volume.sop_instance_uids[k] for k in indices),
@@ -164,9 +166,9 @@ def pick_slabs(count: int, n: int) -> list[tuple[int, ...]]:
 
 def slab_montage(volume: Volume, n: int, columns: int | None = None,
                  window: WindowLike = None, *, tile_size: int | None = None,
-                 gap: int = 2, layout: str = "grid") -> View:
+                 gap: int = 2, layout: str = "grid", body: Volume | None = None) -> View:
     """The stack cut into `n` slabs, each a maximum-intensity projection across its slices,
-    tiled like `montage`.
+    tiled like `montage` (`body` as there).
 
     Every slice is in exactly one slab, so a finding on any slice shows somewhere in the
     image, and at its full contrast against darker tissue (a nodule in the lung, a hyperdense
@@ -177,8 +179,8 @@ def slab_montage(volume: Volume, n: int, columns: int | None = None,
     slabs = pick_slabs(volume.shape[0], n)
     units = [_display_slice(volume, volume.values[slab[0]:slab[-1] + 1].max(axis=0), plane, win)
              for slab in slabs]
-    image, boxes, pixel_mm, grid, owners = _arrange(units, volume, plane, columns, tile_size,
-                                                    gap, layout)
+    image, boxes, pixel_mm, grid, owners = _arrange(units, body or volume, plane, columns,
+                                                    tile_size, gap, layout)
     ranges = ", ".join(f"{s[0] + 1}-{s[-1] + 1}" if len(s) > 1 else f"{s[0] + 1}"
                        for s in slabs)
     count = volume.shape[0]

@@ -104,7 +104,7 @@ def render_views(volume: Volume, spec: ViewSpec) -> list[View]:
 
     windows = composite_windows(spec.window)
     lungs = lungs_only(volume) if LUNG_ONLY in windows else None
-    per_window = [_strategy(lungs if w == LUNG_ONLY else volume, spec, window_of(w))
+    per_window = [_strategy(lungs if w == LUNG_ONLY else volume, spec, window_of(w), volume)
                   for w in windows]
     views = []
     for parts in zip(*per_window, strict=True):
@@ -119,14 +119,14 @@ def render_views(volume: Volume, spec: ViewSpec) -> list[View]:
     return views
 
 
-def _strategy(volume: Volume, spec: ViewSpec, window: Any) -> list[View]:
+def _strategy(volume: Volume, spec: ViewSpec, window: Any, body: Volume) -> list[View]:
     if spec.strategy == "slices":
         return even_slices(volume, spec.count, window)
     if spec.strategy == "mip":
         return [mip(volume, spec.plane, window)]
     if spec.strategy == "slabs":
-        return [slab_montage(volume, spec.count, window=window, layout=spec.layout)]
-    return [montage(volume, spec.count, window=window, layout=spec.layout)]
+        return [slab_montage(volume, spec.count, window=window, layout=spec.layout, body=body)]
+    return [montage(volume, spec.count, window=window, layout=spec.layout, body=body)]
 
 
 def _resized(view: View, size: int | None) -> View:

@@ -9,7 +9,7 @@ from domainvlm.medical.ct_writer import SeriesSpec, write_ct_series
 from domainvlm.medical.lungs import LUNG_HU, fill_holes, lung_mask, lungs_only
 from domainvlm.medical.phantom import LESION_HU, lesion_fraction, make_patient
 from domainvlm.medical.series import load_volume
-from domainvlm.medical.views import pick_slabs
+from domainvlm.medical.views import pick_slabs, slab_montage
 from domainvlm.medical.vqa import ViewSpec, render_views
 
 SHAPE = (32, 128, 128)
@@ -91,3 +91,17 @@ def test_lung_only_is_the_red_of_a_composite_and_the_rest_is_untouched(tmp_path)
     assert np.array_equal(view.image[..., 1], green.image)
     assert not np.array_equal(red.image, plain.image)
     assert "RGB = lung-only, liver, mediastinum windows" in view.description
+
+
+def test_the_sides_layout_cuts_the_lungs_where_it_cuts_the_body(tmp_path):
+    hu, _ = make_patient(np.random.default_rng([3, 2, 0]), SHAPE, n_lesions=2)
+    write_ct_series(hu, tmp_path, SeriesSpec(study_uid="2.25.3", series_uid="2.25.3.1"))
+    volume = load_volume(tmp_path)
+    sides = {"strategy": "slabs", "count": 4, "layout": "sides"}
+    [view] = render_views(volume, ViewSpec(window="lung-only+liver+mediastinum", **sides))
+    [green] = render_views(volume, ViewSpec(window="liver", **sides))
+    [alone] = render_views(lungs_only(volume), ViewSpec(window="lung", **sides))
+    assert view.tiles == green.tiles != alone.tiles  # alone, the lungs would frame themselves
+    assert np.array_equal(view.image[..., 1], green.image)
+    lung_wide = slab_montage(lungs_only(volume), 4, window="lung", layout="sides", body=volume)
+    assert np.array_equal(view.image[..., 0], lung_wide.image)
