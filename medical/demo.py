@@ -33,6 +33,13 @@ CT_MATRIX = (128, 128)
 # Asked once per patient, the adapter answered "right" to every nodule; trained on four times per
 # epoch (its "There is none." rows too, so that abstaining keeps its share) it learns it (README).
 REPEATS = {"Which side is the lung nodule on?": 4}
+# Patients per split. Training keeps 70 % (the recipe's data); validation holds 10 % (36
+# patients at the default 360) so that recipe choices are made on it, never on test.
+SPLIT = {"train": 0.7, "val": 0.1, "test": 0.2}
+# Cohort seeds whose *test* scores chose the recipe (view, epochs, learning rate, repeats,
+# packing; docs/experiments.md). Their test figures are not held out from model selection; the
+# report says so, and README quotes held-out figures from other seeds.
+SELECTION_SEEDS = (0, 1, 2)
 
 
 @dataclass(frozen=True)
@@ -148,7 +155,7 @@ def _make_data(cfg: DemoConfig, out: Path, image_size: int, reporter: Reporter) 
     with reporter.task("de-identifying and rendering", total=cfg.patients) as advance:
         build_vqa(fetch, labels, out / "vqa", deid=DeidConfig(project_key=DEMO_KEY),
                   views=ViewSpec(**VIEW, image_size=image_size),
-                  fractions={"train": 0.7, "val": 0.05, "test": 0.25}, seed=cfg.seed,
+                  fractions=SPLIT, seed=cfg.seed,
                   progress=advance, workers=workers)
     return out / "vqa"
 

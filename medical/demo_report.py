@@ -24,6 +24,20 @@ def write_report(result: Any, cfg: Any, model: str, vqa: Path) -> Path:
     return out / "report.md"
 
 
+def _selection_note(seed: int) -> str:
+    """How the recipe was chosen, and whether this seed's test patients took part."""
+    from domainvlm.medical.demo import SELECTION_SEEDS
+
+    how = ("The recipe was chosen by comparing test scores of cohort seeds "
+           f"{', '.join(map(str, SELECTION_SEEDS))} (docs/experiments.md); later choices are "
+           "made on the validation patients.")
+    if seed in SELECTION_SEEDS:
+        return (f"{how} **Seed {seed} is one of them: its test figures informed the recipe and "
+                "are not held out from model selection**; run another `--seed` for a held-out "
+                "figure.")
+    return f"{how} Seed {seed} is not one of them: its test figures are held out."
+
+
 def _save(figure: Any, path: Path) -> None:
     import io
 
@@ -128,7 +142,7 @@ de-identified (PS3.15 Basic Profile) and rendered as one montage of {VIEW['count
 scan (RGB = {VIEW['window'].replace('+', ', ')} windows). Questions per split (by patient, no
 patient in two splits): {build['records']}; patients: {build['patients']}. Trained on more than
 once per epoch: {', '.join(f'"{q}" x{k}' for q, k in REPEATS.items())}. Scores below are on the
-**test** patients only, which neither training nor model selection saw.
+**test** patients only, which no training saw. {_selection_note(cfg.seed)}
 
 | metric (test patients) | base, zero-shot | adapted (LoRA) |
 | --- | --- | --- |

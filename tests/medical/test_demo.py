@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 from transformers import AutoImageProcessor
 
-from domainvlm.medical.demo import NANO_INPUT_PX, REPEATS, DemoConfig
+from domainvlm.medical.demo import NANO_INPUT_PX, REPEATS, SPLIT, DemoConfig
 
 
 @pytest.mark.slow
@@ -42,6 +42,10 @@ def test_shrunken_demo_end_to_end(tmp_path):
     test = {json.loads(x)["patient"] for x in (out / "vqa" / "test.jsonl").read_text()
             .splitlines()}
     assert test and not train & test
+    # Recipe choices are made on validation; seed 0 chose the recipe, and the report says so.
+    build = json.loads((out / "vqa" / "build.json").read_text())
+    assert build["fractions"] == SPLIT and SPLIT["val"] >= 0.1
+    assert "Seed 0 is one of them: its test figures informed the recipe" in report
     # The repeated question reaches training: one epoch trains that many more rows, packed
     # with the other questions about their scan (one sequence per scan, batches of scans).
     rows = [json.loads(x) for x in (out / "vqa" / "train.jsonl").read_text().splitlines()]
