@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
-from domainvlm.errors import ModelLoadError, OutputExistsError
+from domainvlm.errors import ModelLoadError
 from domainvlm.loading import LoadedModel, load_model
-from domainvlm.train.checkpoint import publish, temp_dir_for
+from domainvlm.outputs import check_folder, new_output
 
 
 def is_adapter_folder(path: str | Path) -> bool:
@@ -52,17 +51,11 @@ def merge_adapter(adapter: str | Path, output: str | Path, *, base: str | None =
     if not is_adapter_folder(adapter):
         raise ModelLoadError(f"{adapter} is not an adapter folder (no adapter_config.json); "
                              "pass the `adapter` folder of a fine-tuning run")
-    if output.is_file():
-        raise OutputExistsError(f"output {output} is a file; choose a folder for --output")
-    if output.exists() and any(output.iterdir()) and not overwrite:
-        raise OutputExistsError(f"output folder {output} is not empty; pass --overwrite to "
-                                "replace it or choose another --output")
+    inputs = [adapter, base or adapter_base(adapter)]
+    check_folder(output, "merge", inputs=inputs, overwrite=overwrite)
     loaded = load_with_adapter(str(adapter), base=base, dtype="float32", device="cpu")
     merged: Any = loaded.model.merge_and_unload()
-    temp = temp_dir_for(output)
-    shutil.rmtree(temp, ignore_errors=True)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    merged.save_pretrained(temp)
-    loaded.processor.save_pretrained(temp)
-    publish(temp, output)
+    with new_output(output, "merge", inputs=inputs, overwrite=overwrite) as partial:
+        merged.save_pretrained(partial)
+        loaded.processor.save_pretrained(partial)
     return output

@@ -49,3 +49,19 @@ def write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         Path(temp).unlink(missing_ok=True)
         raise
+
+
+def temp_dir_for(final: Path) -> Path:
+    return final.parent / f".tmp-{final.name}"
+
+
+def publish(temp: Path, final: Path) -> None:
+    """Move a finished temp folder into place, replacing an older folder of the same name."""
+    if final.exists():
+        old = final.parent / f".old-{final.name}"
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+        os.replace(temp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(temp, final)

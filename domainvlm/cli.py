@@ -116,13 +116,15 @@ def eval_command(
         help="Base model of the adapter (default: the one it names).")] = None,
     batch_size: Annotated[int, typer.Option(min=1)] = 8,
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 32,
+    overwrite: Annotated[bool, typer.Option(
+        help="Replace an earlier `eval` output in OUTPUT.")] = False,
 ) -> None:
     """Generate answers and score them: VQA accuracy (closed/open), BLEU-4, ROUGE-L, METEOR,
     CIDEr, and abstention on questions marked not answerable."""
     from domainvlm.evaluation.run import evaluate, summary_lines
 
     metrics = evaluate(model, data, output, base=base, batch_size=batch_size,
-                       max_new_tokens=max_new_tokens)
+                       max_new_tokens=max_new_tokens, overwrite=overwrite)
     for line in summary_lines(metrics):
         typer.echo(line)
 
@@ -134,18 +136,23 @@ def probe_command(
     test: Annotated[str, typer.Option(help="Questions it is scored on: other images.")],
     output: Annotated[Optional[Path], typer.Option(  # noqa: UP045
         help="Also write the result here as JSON.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing OUTPUT file.")] = False,
 ) -> None:
     """Can the closed questions be read off the image features the model's language part
     receives? A logistic regression per question on pooled features, fitted on TRAIN and
     scored on TEST, beside always giving the commonest training answer. Run it on a base
     model before fine-tuning: a probe near the baseline means the vision side must learn."""
     from domainvlm.evaluation.probe import probe_closed_questions
+    from domainvlm.outputs import check_file
     from domainvlm.train.run_dir import write_json_atomic
 
+    if output is not None:
+        check_file(output, inputs=[train, test], overwrite=overwrite)
     result = probe_closed_questions(model, train, test)
     if output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(output, result)
+        typer.echo(f"written: {output}")
     for name, row in result["by_category"].items():
         typer.echo(f"{name}: probe {100 * row['probe_accuracy']:.1f}%, commonest answer "
                    f"{100 * row['baseline_accuracy']:.1f}% ({row['n']} test questions)")
@@ -168,27 +175,38 @@ def merge_command(
 @app.command("tiny-model")
 def tiny_model_command(
     family: Annotated[FamilyName, typer.Option(help="Architecture family to build.")],
-    output: Annotated[Path, typer.Option(help="Folder to write the model into.")],
+    output: Annotated[Path, typer.Option(help="Folder to write the model into (new or "
+                                          "empty).")],
     seed: int = 0,
+    overwrite: Annotated[bool, typer.Option(
+        help="Replace a tiny model written there before.")] = False,
 ) -> None:
     """Write a tiny random model of a real architecture, with tokenizer and processor."""
+    from domainvlm.outputs import new_output
     from domainvlm.tiny import build_tiny_model
 
-    typer.echo(f"tiny {family.value} model: "
-               f"{build_tiny_model(family.value, output, seed=seed)}")
+    with new_output(output, "tiny-model", overwrite=overwrite) as partial:
+        build_tiny_model(family.value, partial, seed=seed)
+    typer.echo(f"tiny {family.value} model: {output}")
 
 
 @app.command("synth-data")
 def synth_data_command(
-    output: Annotated[Path, typer.Option(help="Folder for images and train/eval JSONL.")],
+    output: Annotated[Path, typer.Option(help="Folder for images and train/eval JSONL (new "
+                                          "or empty).")],
     images: Annotated[int, typer.Option(min=2, help="How many scenes.")] = 64,
     seed: int = 0,
+    overwrite: Annotated[bool, typer.Option(
+        help="Replace a data set written there before.")] = False,
 ) -> None:
     """Write a small synthetic VQA set (coloured shapes) to try the engine on."""
+    from domainvlm.outputs import new_output
     from domainvlm.synth import write_shapes_dataset
 
-    for split, path in write_shapes_dataset(output, images, seed).items():
-        typer.echo(f"{split}: {path}")
+    with new_output(output, "synth-data", overwrite=overwrite) as partial:
+        written = write_shapes_dataset(partial, images, seed)
+    for split, path in written.items():
+        typer.echo(f"{split}: {output / path.name}")
 
 
 @app.command("info")
@@ -255,18 +273,42 @@ _add_plugin_commands()
 
 
 def main() -> None:
-    from domainvlm.errors import DomainVLMError
+    """Run the CLI. Exit codes: 0 done, 1 done but some inputs were skipped (listed) or an
+    unexpected error, 2 bad input or an error the user can fix (one `error:` line), 130
+    interrupted. `--debug` (or DOMAINVLM_DEBUG=1) shows the traceback instead."""
+    from domainvlm.errors import DomainVLMError, os_error_line
 
     try:
-        app()
-    except (DomainVLMError, FileNotFoundError) as exc:
-        if _DEBUG:
-            raise
-        typer.echo(f"error: {exc}", err=True)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        typer.echo("interrupted", err=True)
-        sys.exit(130)
+        code = app(standalone_mode=False, prog_name="domainvlm")
+    except typer.Exit as done:
+        code = done.exit_code
+    except typer.TyperException as exc:  # bad or missing options and arguments
+        if type(exc).__name__ == "NoArgsIsHelpError":  # a bare group: its help, as click does
+            typer.echo(exc.format_message(), err=True)
+            sys.exit(2)
+        where = exc.ctx.command_path if getattr(exc, "ctx", None) else "domainvlm"
+        _fail(f"{exc.format_message()} (see `{where} --help`)", exc.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
+        _fail("interrupted", 130, prefix="")
+    except DomainVLMError as exc:
+        _fail(str(exc), 2)
+    except OSError as exc:
+        _fail(os_error_line(exc), 2)
+    except Exception as exc:  # a bug, or an input we do not handle yet: still one line
+        _fail(f"unexpected {type(exc).__name__}: {exc} (a bug in domainvlm or an input it does "
+              "not handle yet; run with --debug for the traceback and report it)", 1)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _fail(message: str, code: int, prefix: str = "error: ") -> None:
+    if _DEBUG:
+        raise
+    first = " ".join(message.split("\n")[0].split()) if prefix else message
+    rest = message.split("\n")[1:]
+    typer.echo(f"{prefix}{first}", err=True)
+    for line in rest:  # listed items (several bad records), indented under the one line
+        typer.echo(f"  {line.strip()}", err=True)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -22,3 +22,32 @@ class DataError(DomainVLMError, ValueError):
 
 class OutputExistsError(DomainVLMError, FileExistsError):
     """The output folder holds a different run that would be overwritten."""
+
+
+_OS_ADVICE = {
+    "EROFS": "the file system is read-only; write to another place",
+    "ENOSPC": "the disk is full; free space or write to another disk",
+    "EDQUOT": "the disk quota is used up; free space or write to another disk",
+    "EACCES": "permission denied; check the permissions or use another path",
+    "EPERM": "operation not permitted; check the permissions or use another path",
+    "ENOTDIR": "a part of the path is a file where a folder belongs; fix the path",
+    "EISDIR": "it is a folder where a file belongs; name a file",
+    "ENOENT": "no such file or folder; check the path",
+    "EEXIST": "it already exists; choose another path",
+    "ENAMETOOLONG": "the name is too long; use a shorter path",
+    "EMFILE": "too many open files; raise the limit (ulimit -n) or use fewer workers",
+}
+
+
+def os_error_line(exc: OSError) -> str:
+    """One line for an operating-system error: the path, what happened and what to do."""
+    import errno
+    from pathlib import Path
+
+    name = errno.errorcode.get(exc.errno or 0, "")
+    if name == "EEXIST" and exc.filename and Path(exc.filename).is_file():
+        name = "ENOTDIR"  # mkdir over a file: the path needs a folder there
+    where = " -> ".join(str(p) for p in (exc.filename, exc.filename2) if p is not None)
+    advice = _OS_ADVICE.get(name) or (exc.strerror or str(exc) or type(exc).__name__)
+    code = f" [{name}]" if name else ""
+    return f"{where}: {advice}{code}" if where else f"{advice}{code}"

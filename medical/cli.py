@@ -194,12 +194,20 @@ def import_vqa_command(
 
 
 def _fractions(split: str) -> dict[str, float]:
+    import math
+
     from domainvlm.errors import ConfigError
 
     try:
-        return dict(zip(("train", "val", "test"), map(float, split.split(",")), strict=True))
+        fractions = dict(zip(("train", "val", "test"), map(float, split.split(",")),
+                             strict=True))
     except ValueError:
         raise ConfigError(f"--split {split!r}: give three fractions, e.g. 0.8,0.1,0.1") from None
+    if not all(0 <= f <= 1 for f in fractions.values()) or \
+            not math.isclose(sum(fractions.values()), 1, abs_tol=1e-6):
+        raise ConfigError(f"--split {split!r}: the train, val and test fractions must each lie "
+                          "in 0..1 and sum to 1, e.g. 0.8,0.1,0.1")
+    return fractions
 
 
 @app.command("render")
@@ -212,6 +220,7 @@ def render_command(
     window: Annotated[str, typer.Option(
         help="tags (the file's own VOI), composite, a preset, or CENTER,WIDTH.")] = "tags",
     layout: LayoutOption = "grid",
+    overwrite: Annotated[bool, typer.Option(help="Replace existing PNG files.")] = False,
 ) -> None:
     """Render a series (or a single image) as PNG the way a model will see it; with
     `--strategy slices`, one PNG per slice (OUTPUT-0.png, ...)."""
@@ -224,7 +233,9 @@ def render_command(
     from domainvlm.medical.render import render_frame
     from domainvlm.medical.series import group_series, load_volume
     from domainvlm.medical.vqa import ViewSpec, render_views
+    from domainvlm.outputs import check_file
 
+    check_file(output, inputs=[source], overwrite=overwrite)
     sources = list(iter_dicom(source))
     groups = group_series(sources)
     if len(groups) != 1:
@@ -247,6 +258,8 @@ def render_command(
         images = [view.image for view in render_views(volume, spec)]
     paths = [output] if len(images) == 1 else [
         output.with_name(f"{output.stem}-{k}{output.suffix}") for k in range(len(images))]
+    for path in paths:
+        check_file(path, inputs=[s.name for s in sources], overwrite=overwrite)
     for path, image in zip(paths, images, strict=True):
         buffer = io.BytesIO()
         Image.fromarray(image).save(buffer, format="PNG")

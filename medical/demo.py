@@ -66,6 +66,21 @@ class DemoConfig:
     workers: int = 0  # processes for the cohort's DICOM, de-identification, views; 0: per CPU
     overwrite: bool = False
 
+    def __post_init__(self) -> None:
+        """Refuse settings outside their domain before any work (the data take minutes)."""
+        import math
+
+        from domainvlm.errors import ConfigError
+
+        for flag, value in (("--epochs", self.epochs), ("--learning-rate", self.learning_rate)):
+            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+                raise ConfigError(f"`{flag}` must be a finite number above 0, got {value!r}")
+        if self.patients < 10:
+            raise ConfigError(f"`--patients` must be at least 10 (train, validation and test "
+                              f"each need patients), got {self.patients}")
+        if self.workers < 0:
+            raise ConfigError(f"`--workers` must be 0 (one per CPU) or more, got {self.workers}")
+
 
 @dataclass
 class DemoResult:
@@ -77,23 +92,29 @@ class DemoResult:
 
 
 def run_demo(cfg: DemoConfig, reporter: Reporter | None = None) -> DemoResult:
+    """Run every stage into `cfg.output` (new, empty, or an earlier demo with `overwrite`); a
+    run that fails or is interrupted leaves no half demo behind."""
     import shutil
 
+    from domainvlm.outputs import check_folder, claim_folder
+
+    out = Path(cfg.output)
+    check_folder(out, "demo", inputs=[cfg.model], overwrite=cfg.overwrite,
+                 made_by_us=_earlier_demo)
+    claim_folder(out, "demo", overwrite=cfg.overwrite)
+    try:
+        return _stages(cfg, out, reporter or Reporter())
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def _stages(cfg: DemoConfig, out: Path, reporter: Reporter) -> DemoResult:
     from domainvlm.evaluation.run import evaluate
     from domainvlm.nano import ensure_nano, with_input_size
     from domainvlm.train.config import FinetuneConfig
     from domainvlm.train.loop import finetune
 
-    reporter = reporter or Reporter()
-    out = Path(cfg.output)
-    if out.exists() and any(out.iterdir()):
-        if not cfg.overwrite:
-            from domainvlm.errors import OutputExistsError
-
-            raise OutputExistsError(f"{out} already holds files; pass --overwrite to replace "
-                                    "the demo there, or choose another --output")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     clock = time.perf_counter()
 
@@ -132,6 +153,11 @@ def run_demo(cfg: DemoConfig, reporter: Reporter | None = None) -> DemoResult:
     timings["total"] = round(sum(timings.values()), 1)
     (out / "timings.json").write_text(json.dumps(timings, indent=2) + "\n")
     return result
+
+
+def _earlier_demo(folder: Path) -> bool:
+    """A demo written before outputs carried a marker: its cohort and its fine-tuning run."""
+    return (folder / "cohort").is_dir() and (folder / "finetune" / "run.json").is_file()
 
 
 def _make_data(cfg: DemoConfig, out: Path, image_size: int, reporter: Reporter) -> Path:

@@ -37,6 +37,8 @@ LUNG_ONLY = "lung-only"
 
 Strategy = Literal["montage", "slabs", "slices", "mip"]
 STRATEGIES = get_args(Strategy)
+Plane = Literal["axial", "coronal", "sagittal"]
+PLANES = get_args(Plane)
 
 
 @dataclass(frozen=True)
@@ -57,7 +59,7 @@ class ViewSpec:
 
     strategy: Strategy = "montage"
     count: int = 9
-    plane: Literal["axial", "coronal", "sagittal"] = "axial"
+    plane: Plane = "axial"
     window: str = "composite"
     image_size: int | None = None
     layout: Literal["grid", "sides"] = "grid"
@@ -68,6 +70,9 @@ class ViewSpec:
                               f"{self.strategy!r}")
         if self.count < 1:
             raise ConfigError(f"view count must be at least 1; got {self.count}")
+        if self.plane not in PLANES:
+            raise ConfigError(f"view plane must be one of {', '.join(PLANES)}; got "
+                              f"{self.plane!r}")
         if self.layout not in LAYOUTS:
             raise ConfigError(f"view layout must be one of {', '.join(LAYOUTS)}; got "
                               f"{self.layout!r}")

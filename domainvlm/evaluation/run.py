@@ -18,6 +18,7 @@ from domainvlm.evaluation.metrics import (
     text_generation_metrics,
     vqa_accuracy,
 )
+from domainvlm.outputs import check_folder, new_output
 from domainvlm.progress import Reporter
 from domainvlm.train.run_dir import write_json_atomic
 
@@ -48,10 +49,15 @@ def score(records: list[Record], predictions: list[str]) -> dict[str, Any]:
 
 
 def evaluate(model: str, data: str, output: Path, *, base: str | None = None,
-             batch_size: int = 8, max_new_tokens: int = 32,
+             batch_size: int = 8, max_new_tokens: int = 32, overwrite: bool = False,
              reporter: Reporter | None = None) -> dict[str, Any]:
-    """Write OUTPUT/predictions.jsonl and OUTPUT/metrics.json; return the metrics."""
+    """Write OUTPUT/predictions.jsonl and OUTPUT/metrics.json; return the metrics.
+
+    OUTPUT is new or empty, or (`overwrite`) holds an earlier evaluation, replaced once the new
+    one is complete."""
     reporter = reporter or Reporter()
+    check_folder(output, "eval", inputs=[model, data, base], overwrite=overwrite,
+                 made_by_us=_earlier_evaluation)
     records = load_records(data)
     loaded = load_with_adapter(model, base=base)
     fmt = PromptFormat.from_processor(loaded.processor, loaded.family)
@@ -60,10 +66,16 @@ def evaluate(model: str, data: str, output: Path, *, base: str | None = None,
                                        max_new_tokens=max_new_tokens, progress=advance)
     metrics = {"model": model, "data": str(data), "n": len(records),
                **score(records, predictions)}
-    output.mkdir(parents=True, exist_ok=True)
-    _write_predictions(output / "predictions.jsonl", records, predictions)
-    write_json_atomic(output / "metrics.json", metrics)
+    with new_output(output, "eval", inputs=[model, data, base], overwrite=overwrite,
+                    made_by_us=_earlier_evaluation) as partial:
+        _write_predictions(partial / "predictions.jsonl", records, predictions)
+        write_json_atomic(partial / "metrics.json", metrics)
     return metrics
+
+
+def _earlier_evaluation(folder: Path) -> bool:
+    """An evaluation written before outputs carried a marker: these two files alone."""
+    return {p.name for p in folder.iterdir()} <= {"predictions.jsonl", "metrics.json"}
 
 
 def _write_predictions(path: Path, records: list[Record], predictions: list[str]) -> None:

@@ -6,12 +6,13 @@ any instant leaves either a complete checkpoint or none, never a half one that l
 
 from __future__ import annotations
 
-import os
 import random
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from domainvlm.atomic import publish, temp_dir_for  # noqa: F401 (used as ckpt.publish)
 
 CHECKPOINT_PREFIX = "step-"
 
@@ -50,22 +51,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def checkpoint_dir(root: Path, step: int) -> Path:
     return root / f"{CHECKPOINT_PREFIX}{step:07d}"
-
-
-def temp_dir_for(final: Path) -> Path:
-    return final.parent / f".tmp-{final.name}"
-
-
-def publish(temp: Path, final: Path) -> None:
-    """Move a finished temp folder into place, replacing an older folder of the same name."""
-    if final.exists():
-        old = final.parent / f".old-{final.name}"
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-        os.replace(temp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(temp, final)
 
 
 def latest_checkpoint(root: Path) -> Path | None:

@@ -267,9 +267,13 @@ def save_adapter(model, processor, folder: Path) -> None:
 
     temp = ckpt.temp_dir_for(folder)
     shutil.rmtree(temp, ignore_errors=True)
-    model.save_pretrained(temp)
-    processor.save_pretrained(temp)
-    ckpt.publish(temp, folder)
+    try:
+        model.save_pretrained(temp)
+        processor.save_pretrained(temp)
+        ckpt.publish(temp, folder)
+    except BaseException:  # a full disk, say: no half adapter left behind
+        shutil.rmtree(temp, ignore_errors=True)
+        raise
 
 
 def _save_checkpoint(cfg, accelerator, model, optimizer, scheduler, state, rank) -> None:

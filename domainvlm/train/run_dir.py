@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from domainvlm.errors import OutputExistsError
+from domainvlm.outputs import refuse_inputs_inside
 
 RUN_FILE = "run.json"
 
@@ -28,7 +29,12 @@ def read_run(output: Path) -> dict[str, Any] | None:
 
 def check_output(output: Path, settings: dict[str, Any], *, resume: bool,
                  overwrite: bool) -> None:
-    """Fail fast, before any work, when `output` may not take a run with `settings`."""
+    """Fail fast, before any work, when `output` may not take a run with `settings`: a file,
+    a folder that holds the run's own inputs, or one that holds something else."""
+    if output.exists() and not output.is_dir():
+        raise OutputExistsError(f"output {output} is a file; name a folder for --output")
+    refuse_inputs_inside(output, "finetune",
+                         [settings.get(key) for key in ("model", "data", "eval_data")])
     run = read_run(output) if output.is_dir() else None
     occupied = output.is_dir() and any(output.iterdir())
     if occupied and run is None:

@@ -1,0 +1,258 @@
+"""Every CLI command against the classes of bad input a user can cause.
+
+Each command is driven through the real `domainvlm.cli.main` with: an option value outside its
+domain; an output that is a folder of the user's (with --overwrite where the command has it);
+an output that holds the command's own input; and (tests/cli_os_errors.py, in a mount
+namespace) a read-only file system, a full disk, a file where a folder belongs and a folder it
+may not write. Each must end in exactly one `error:` line, exit 2, no traceback, and nothing
+of the user's lost or half-written. A test fails when a command exists that this table misses.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import typer
+
+from domainvlm import cli
+
+KEY = secrets.token_hex(32)
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def leaf_commands() -> set[str]:
+    """Every command path the installed CLI offers ("finetune", "dicom deid", ...)."""
+    def walk(command, path=()):
+        subs = getattr(command, "commands", None)
+        if not subs:
+            yield " ".join(path)
+            return
+        for name, sub in subs.items():
+            yield from walk(sub, (*path, name))
+
+    return set(walk(typer.main.get_command(cli.app)))
+
+
+def run(capsys, monkeypatch, *args) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of `domainvlm ARGS`, in this process."""
+    monkeypatch.setattr(sys, "argv", ["domainvlm", *map(str, args)])
+    monkeypatch.setattr(cli, "_DEBUG", False)
+    with pytest.raises(SystemExit) as done:
+        cli.main()
+    out, err = capsys.readouterr()
+    return done.value.code, out, err
+
+
+def assert_one_line(code: int, err: str, pattern: str) -> None:
+    assert code == 2, err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err, err
+    assert re.search(pattern, lines[0], re.IGNORECASE), err
+
+
+@pytest.fixture(scope="module")
+def world(tiny_models, shapes_data, tmp_path_factory) -> dict[str, Path]:
+    """Inputs every command can take: a tiny model and an adapter of it, shapes data, a
+    synthetic CT cohort with labels, a VQA-RAD-style file."""
+    from domainvlm.medical.cohort import write_cohort
+    from domainvlm.medical.cohort_questions import cohort_questions
+    from domainvlm.train.config import build_config
+    from domainvlm.train.loop import finetune
+
+    root = tmp_path_factory.mktemp("cli-world")
+    model = tiny_models("llava")
+    adapter = finetune(build_config(dict(
+        model=str(model), data=str(shapes_data["train"]), output=root / "run", max_steps=1,
+        batch_size=4, cache_dir=root / "cache"))).adapter
+    manifest = write_cohort(root / "cohort", 3, seed=1, shape=(4, 32, 32))
+    labels = root / "cohort" / "labels.jsonl"
+    labels.write_text("".join(json.dumps(r) + "\n" for r in cohort_questions(manifest.patients)))
+    rad = root / "rad.json"
+    rad.write_text(json.dumps([{"image_name": f"synpic{i}.jpg", "question": "Is there a mass?",
+                                "answer": "no", "answer_type": "CLOSED"} for i in range(4)]))
+    return {"model": model, "adapter": adapter, "data": shapes_data["train"],
+            "cohort": root / "cohort", "series": root / "cohort" / "patient-0000",
+            "labels": labels, "rad": rad, "cache": root / "cache"}
+
+
+# Command -> arguments that write OUTPUT (a folder; "{out}/x" for commands that write a file),
+# and whether it has --overwrite.
+WRITERS = {
+    "finetune": (["finetune", "--model", "{model}", "--data", "{data}", "--output", "{out}",
+                  "--max-steps", "1", "--cache-dir", "{cache}"], True),
+    "eval": (["eval", "--model", "{adapter}", "--data", "{data}", "--output", "{out}"], True),
+    "probe": (["probe", "--model", "{model}", "--train", "{data}", "--test", "{data}",
+               "--output", "{out}/probe.json"], True),
+    "merge": (["merge", "--adapter", "{adapter}", "--output", "{out}"], True),
+    "tiny-model": (["tiny-model", "--family", "llava", "--output", "{out}"], True),
+    "synth-data": (["synth-data", "--output", "{out}", "--images", "4"], True),
+    "demo": (["demo", "--output", "{out}", "--patients", "10", "--epochs", "0.1"], True),
+    "dicom deid": (["dicom", "deid", "{cohort}", "{out}", "--project-key", KEY], False),
+    "dicom synth": (["dicom", "synth", "{out}", "--patients", "1", "--slices", "4",
+                     "--size", "32"], False),
+    "dicom build-vqa": (["dicom", "build-vqa", "{cohort}", "{labels}", "{out}",
+                         "--project-key", KEY], False),
+    "dicom import-vqa": (["dicom", "import-vqa", "{rad}", "{out}"], False),
+    "dicom render": (["dicom", "render", "{series}", "{out}/view.png"], True),
+}
+READERS = {"info", "nano path", "dicom info"}  # commands that write nothing
+CACHE_WRITERS = {"nano pretrain"}  # writes only into domainvlm's own cache
+
+
+def args_for(command: str, world: dict[str, Path], out: Path, overwrite: bool) -> list[str]:
+    template, has_overwrite = WRITERS[command]
+    args = [a.format(out=out, **{k: str(v) for k, v in world.items()}) for a in template]
+    return [*args, "--overwrite"] if overwrite and has_overwrite else args
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file()}
+
+
+def test_the_tables_cover_every_command():
+    assert leaf_commands() == set(WRITERS) | READERS | CACHE_WRITERS | set(c[0] for c in DOMAIN)
+
+
+@pytest.mark.parametrize("command", sorted(WRITERS))
+def test_a_folder_of_the_users_is_never_replaced(command, world, tmp_path, capsys,
+                                                 monkeypatch):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("the user's own file")
+    (out / "probe.json").write_text("{}")  # for commands that write a file: it exists too
+    (out / "view.png").write_bytes(b"not ours")
+    before = snapshot(out)
+    # --overwrite names one file for a file output (the user's explicit consent), but a whole
+    # folder for a folder output: only our own earlier output may go.
+    writes_file = any("{out}/" in a for a in WRITERS[command][0])
+    code, _, err = run(capsys, monkeypatch,
+                       *args_for(command, world, out, overwrite=not writes_file))
+    assert_one_line(code, err, r"not empty|did not write|already exists|holds files")
+    assert snapshot(out) == before
+
+
+# Command -> how to put one of its inputs inside (or at) its output.
+INPUT_INSIDE = {
+    "finetune": lambda w, out: ["--data", _copy(w["data"], out)],
+    "eval": lambda w, out: ["--data", _copy(w["data"], out)],
+    "probe": lambda w, out: ["--output", w["data"]],
+    "merge": lambda w, out: ["--output", w["adapter"].parent],
+    "demo": lambda w, out: ["--model", _copy(w["model"], out)],
+    "dicom render": lambda w, out: ["--overwrite"],  # below: the output is the input file
+}
+
+
+def _copy(source: Path, folder: Path) -> str:
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / source.name
+    (shutil.copytree if source.is_dir() else shutil.copy)(source, target)
+    return str(target)
+
+
+@pytest.mark.parametrize("command", sorted(INPUT_INSIDE))
+def test_overwrite_never_touches_the_commands_own_input(command, world, tmp_path, capsys,
+                                                        monkeypatch):
+    out = tmp_path / "out"
+    args = args_for(command, world, out, overwrite=True)
+    extra = INPUT_INSIDE[command](world, out)
+    if command == "dicom render":  # render a single file onto itself
+        single = Path(_copy(next(world["series"].glob("*.dcm")), tmp_path / "in"))
+        args[args.index(str(world["series"]))] = str(single)
+        args[args.index(f"{out}/view.png")] = str(single)
+    # A later option wins in typer: the extra arguments replace the defaults above.
+    guarded = [p for p in (out, tmp_path / "in", world["adapter"].parent,
+                           Path(world["data"])) if p.exists()]
+    before = {str(p): snapshot(p) if p.is_dir() else p.read_bytes() for p in guarded}
+    code, _, err = run(capsys, monkeypatch, *args, *extra)
+    assert_one_line(code, err, r"input")
+    after = {str(p): snapshot(p) if p.is_dir() else p.read_bytes() for p in guarded}
+    assert after == before
+
+
+# (command, arguments, what the one line must say): one value outside its domain at least.
+DOMAIN = [
+    ("finetune", ["--model", "{model}", "--data", "{data}", "--output", "{tmp}/o",
+                  "--lora-r", "0"], r"`--lora-r`.*greater than 0"),
+    ("eval", ["--model", "{model}", "--data", "{data}", "--output", "{tmp}/o",
+              "--batch-size", "0"], r"--batch-size.*greater than or equal to 1"),
+    ("probe", ["--model", "{model}", "--train", "{data}"], r"missing option '--test'"),
+    ("merge", ["--adapter", "{data}", "--output", "{tmp}/o"], r"not an adapter folder"),
+    ("tiny-model", ["--family", "gpt", "--output", "{tmp}/o"], r"'gpt' is not one of"),
+    ("synth-data", ["--output", "{tmp}/o", "--images", "1"],
+     r"--images.*greater than or equal to 2"),
+    ("info", ["{tmp}/no-such-model"], r"does not exist"),
+    ("demo", ["--output", "{tmp}/o", "--learning-rate", "0"],
+     r"`--learning-rate` must be a finite number above 0"),
+    ("demo", ["--output", "{tmp}/o", "--epochs", "inf"],
+     r"`--epochs` must be a finite number above 0"),
+    ("nano pretrain", ["--no-such-option"], r"no such option"),
+    ("nano path", ["extra"], r"unexpected extra argument"),
+    ("dicom info", ["{tmp}/nothing"], r"no such file or folder"),
+    ("dicom deid", ["{cohort}", "{tmp}/o"], r"missing option '--project-key'"),
+    ("dicom synth", ["{tmp}/o", "--patients", "0"],
+     r"--patients.*greater than or equal to 1"),
+    ("dicom build-vqa", ["{cohort}", "{labels}", "{tmp}/o", "--project-key", KEY,
+                         "--split", "0.8,0.8,0.8"], r"sum to 1"),
+    ("dicom build-vqa", ["{cohort}", "{labels}", "{tmp}/o", "--project-key", KEY,
+                         "--strategy", "mip", "--plane", "diagonal"],
+     r"plane must be one of axial, coronal, sagittal"),
+    ("dicom import-vqa", ["{rad}", "{tmp}/o", "--split", "1,0,0.5"], r"sum to 1"),
+    ("dicom render", ["{series}", "{tmp}/o.png", "--strategy", "spiral"],
+     r"strategy must be one of"),
+]
+
+
+@pytest.mark.parametrize(("command", "args", "message"), DOMAIN,
+                         ids=[f"{c} {' '.join(a[-2:])}" for c, a, _ in DOMAIN])
+def test_option_values_outside_their_domain(command, args, message, world, tmp_path, capsys,
+                                           monkeypatch):
+    filled = [a.format(tmp=tmp_path, **{k: str(v) for k, v in world.items()}) for a in args]
+    code, _, err = run(capsys, monkeypatch, *command.split(), *filled)
+    assert_one_line(code, err, message)
+    assert not (tmp_path / "o").exists() and not (tmp_path / "o.png").exists()
+
+
+def test_os_errors_are_one_line_and_leave_nothing_behind(world, tmp_path):
+    """Read-only file system, full disk, a file where a folder belongs, a folder we may not
+    write: every writing command, in a private mount namespace (tests/cli_os_errors.py)."""
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        pytest.skip("needs root and unshare to mount file systems in a private namespace "
+                    "(CI runs as root)")
+    cases = {f"{command} | {kind}": args_for(command, world, Path(f"{{{kind}}}/out"),
+                                             overwrite=False)
+             for command in WRITERS for kind in ("readonly", "full", "notdir", "denied")}
+    fs = tmp_path / "fs"
+    (fs / "denied").mkdir(parents=True)
+    os.chown(fs / "denied", 65534, 65534)  # a user the namespace does not map: no override
+    (fs / "denied").chmod(0o555)
+    (fs / "notdir").write_text("a file, where the command wants a folder")
+    spec = tmp_path / "cases.json"
+    spec.write_text(json.dumps(cases))
+    done = subprocess.run(
+        ["unshare", "--user", "--map-root-user", "--mount", sys.executable,
+         str(ROOT / "tests" / "cli_os_errors.py"), str(spec), str(fs)],
+        capture_output=True, text=True, timeout=900, env={**os.environ, "COLUMNS": "200"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    words = {"readonly": r"read-only", "full": r"disk is full", "notdir": r"file where a folder",
+             "denied": r"permission denied"}
+    problems = []
+    for name, result in results.items():
+        kind = name.rsplit("| ", 1)[1]
+        lines = [x for x in result["stderr"].splitlines() if x.startswith("error:")]
+        if (result["code"] != 2 or len(lines) != 1 or "Traceback" in result["stderr"]
+                or not re.search(words[kind], lines[0], re.IGNORECASE)
+                or result["left_behind"]):
+            problems.append(f"{name}: exit {result['code']}, left {result['left_behind']}, "
+                            f"stderr {result['stderr'][-400:]!r}")
+    assert not problems, "\n".join(problems)
