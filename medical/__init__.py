@@ -1,6 +1,7 @@
 """domainvlm.medical: DICOM in, de-identified VQA data out, a PACS over DICOMweb, answers as SR.
 
-Modules, in the order a scan travels: `io` (read files, folders, zips; decode frames), `render`
+Modules, in the order a scan travels: `io` (read files, folders, zips; decode frames) with
+`archives` (zip members streamed within size and ratio limits), `render`
 (windows, VOI, colour), `series` (stack a series by position), `views` (slices, MIP, montage
 with provenance), `lungs` (the lungs from HU, for a lung-only window), `deid` (PS3.15
 de-identification), `labels` + `sources` + `vqa` + `splits` (labelled studies to VQA JSONL split
