@@ -148,9 +148,14 @@ def build_vqa_command(
         help="train,val,test fractions by patient.")] = "0.8,0.1,0.1",
     seed: int = 0,
     remove_dates: bool = False,
+    keep_column: Annotated[list[str] | None, typer.Option(
+        help="Copy this extra label column into the records too (repeatable). Only "
+        "category and repeat travel otherwise: other columns may hold an MRN, a name or "
+        "report text, so keeping one is your responsibility.")] = None,
 ) -> None:
     """Turn labelled DICOM studies into VQA data for `domainvlm finetune`: de-identified,
-    rendered, split by patient (no patient in two splits)."""
+    rendered, split by patient (no patient in two splits). Label columns other than the
+    known ones are left out and named (never their values)."""
     from domainvlm.medical.sources import folder_fetcher, pacs_fetcher
     from domainvlm.medical.vqa import ViewSpec, build_vqa
 
@@ -167,10 +172,17 @@ def build_vqa_command(
     with _progress("building VQA data") as advance:
         report = build_vqa(fetch, labels, output,
                            deid=_deid_config(project_key, remove_dates, False), views=views,
-                           fractions=fractions, seed=seed, progress=advance)
+                           fractions=fractions, seed=seed, progress=advance,
+                           keep_columns=keep_column or ())
     for name, n in report.records.items():
         typer.echo(f"{name}: {n} questions from {report.patients[name]} patients "
                    f"-> {output / (name + '.jsonl')}")
+    if report.dropped_columns:
+        typer.echo(f"label columns left out of the records (they may hold patient data): "
+                   f"{', '.join(report.dropped_columns)}; --keep-column NAME keeps one")
+    if report.kept_columns:
+        typer.echo(f"label columns kept by --keep-column (your responsibility): "
+                   f"{', '.join(report.kept_columns)}")
 
 
 @app.command("import-vqa")
