@@ -57,21 +57,43 @@ def info_command(
     Console().print(table)
 
 
-KeyOption = Annotated[str, typer.Option(
+KeyOption = Annotated[str | None, typer.Option(
     "--project-key", envvar="DOMAINVLM_PROJECT_KEY",
     help="Secret of this project: fixes pseudonyms, remapped UIDs and date shifts, so the same "
-    "patient or UID maps to the same output in every run. Keep it out of version control.")]
+    "patient or UID maps to the same output in every run. At least 32 random characters; "
+    "prefer --project-key-file (a command line is seen by other users).")]
+KeyFileOption = Annotated[Path | None, typer.Option(
+    "--project-key-file", envvar="DOMAINVLM_PROJECT_KEY_FILE",
+    help="File holding the project key (only you may read it), made by `domainvlm dicom "
+    "keygen PATH`.")]
 LayoutOption = Annotated[str, typer.Option(
     help="Tiles of montage and slabs: grid (whole slices) or sides (each cut at the body's "
     "midline, the patient's right halves on the image's left, so a side is a half of the "
     "image).")]
 
 
-def _deid_config(project_key: str, remove_dates: bool, allow_burned_in: bool):
+def _deid_config(project_key: str | None, key_file: Path | None, remove_dates: bool,
+                 allow_burned_in: bool):
     from domainvlm.medical.deid import DeidConfig
+    from domainvlm.medical.keys import check_project_key, resolve_project_key
 
-    return DeidConfig(project_key=project_key, shift_dates=not remove_dates,
+    key = resolve_project_key(project_key, key_file)
+    check_project_key(key, "--project-key-file" if key_file else "--project-key")
+    return DeidConfig(project_key=key, shift_dates=not remove_dates,
                       allow_burned_in=allow_burned_in)
+
+
+@app.command("keygen")
+def keygen_command(
+    path: Annotated[Path, typer.Argument(help="New file for the key (never overwritten).")],
+) -> None:
+    """Write a new random project key (256 bits) to PATH, readable by you only (mode 0600);
+    use it with --project-key-file PATH or DOMAINVLM_PROJECT_KEY_FILE=PATH. Keep it secret and
+    backed up: another key gives every patient and UID other pseudonyms."""
+    from domainvlm.medical.keys import write_key_file
+
+    write_key_file(path)
+    typer.echo(f"new project key -> {path} (mode 600); use --project-key-file {path}")
 
 
 def _progress(description: str, total: int | None = None):
@@ -84,7 +106,8 @@ def _progress(description: str, total: int | None = None):
 def deid_command(
     source: Annotated[Path, typer.Argument(help="DICOM file, folder or .zip to de-identify.")],
     output: Annotated[Path, typer.Argument(help="New folder for the de-identified files.")],
-    project_key: KeyOption,
+    project_key: KeyOption = None,
+    project_key_file: KeyFileOption = None,
     remove_dates: Annotated[bool, typer.Option(
         help="Empty dates and times instead of shifting them per patient.")] = False,
     allow_burned_in: Annotated[bool, typer.Option(
@@ -94,7 +117,7 @@ def deid_command(
     into OUTPUT/<study>/<series>/<instance>.dcm; the folder appears only when all is done."""
     from domainvlm.medical.deid import deidentify_tree
 
-    config = _deid_config(project_key, remove_dates, allow_burned_in)
+    config = _deid_config(project_key, project_key_file, remove_dates, allow_burned_in)
     with _progress("de-identifying") as advance:
         report = deidentify_tree(source, output, config, progress=advance)
     typer.echo(f"{report.files_written} files, {report.series} series, {report.studies} studies, "
@@ -134,7 +157,8 @@ def build_vqa_command(
         help="CSV/JSONL: study_uid and/or series_uid, question, answer, [answerable], "
         "[question_type].")],
     output: Annotated[Path, typer.Argument(help="New folder for {train,val,test}.jsonl + images.")],
-    project_key: KeyOption,
+    project_key: KeyOption = None,
+    project_key_file: KeyFileOption = None,
     strategy: Annotated[str, typer.Option(help="montage | slabs | slices | mip")] = "montage",
     count: Annotated[int, typer.Option(
         min=1, help="Slices per montage, slabs per slab montage, images per record.")] = 9,
@@ -160,6 +184,7 @@ def build_vqa_command(
     from domainvlm.medical.vqa import ViewSpec, build_vqa
 
     fractions = _fractions(split)
+    deid = _deid_config(project_key, project_key_file, remove_dates, False)
     views = ViewSpec(strategy=strategy, count=count, plane=plane, window=window,
                      image_size=image_size or None, layout=layout)
     if source.startswith(("http://", "https://")):
@@ -171,7 +196,7 @@ def build_vqa_command(
             fetch = folder_fetcher(Path(source), progress=advance)
     with _progress("building VQA data") as advance:
         report = build_vqa(fetch, labels, output,
-                           deid=_deid_config(project_key, remove_dates, False), views=views,
+                           deid=deid, views=views,
                            fractions=fractions, seed=seed, progress=advance,
                            keep_columns=keep_column or ())
     for name, n in report.records.items():

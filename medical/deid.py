@@ -17,7 +17,8 @@ that must be reproducible, ours replace them:
   deepest first, and empty the sequences the table says to replace (D) or empty (Z).
 * Person names the table keeps as dummies are emptied, so any name left is a real miss.
 * Patient: PatientID and PatientName become a keyed pseudonym, so studies of one patient stay
-  grouped (the key holder can re-link them: keep the key secret).
+  grouped (the key holder can re-link them: keep the key secret). A guessable key undoes all
+  of this, so `DeidConfig` refuses weak ones (`domainvlm.medical.keys`).
 
 Then all private tags go (also inside sequences), and a final sweep removes whatever the table
 missed: person names (PN) anywhere, other IDs and names, addresses, comments, original and
@@ -42,6 +43,7 @@ from domainvlm.atomic import new_folder
 from domainvlm.errors import ConfigError
 from domainvlm.medical.errors import BurnedInAnnotationError, DicomError
 from domainvlm.medical.io import iter_dicom
+from domainvlm.medical.keys import check_project_key, is_synthetic
 
 TABLES = ("dicomfields_2026c", "dicomfields_2024b", "dicomfields_2023")  # newest first
 MAX_SHIFT_DAYS, MIN_SHIFT_DAYS = 3650, 365  # derived shifts move dates 1-10 years back
@@ -55,18 +57,23 @@ _FORBIDDEN = frozenset({
 
 @dataclass(frozen=True)
 class DeidConfig:
-    """How to de-identify. `date_shift_days` None derives a shift per patient from the key."""
+    """How to de-identify. `date_shift_days` None derives a shift per patient from the key.
 
-    project_key: str
+    `project_key` must pass `keys.check_project_key`, except with `synthetic_only`: the demo's
+    exemption for its made-up patients, under which every data set without the synthetic
+    cohort's mark is refused (`keys.is_synthetic`). Not offered by the CLI.
+    """
+
+    project_key: str = field(repr=False)  # a secret: kept out of logs and tracebacks
     shift_dates: bool = True  # False: empty every date and time instead
     date_shift_days: int | None = None
     allow_burned_in: bool = False  # True only when the pixels were checked or cleaned
     keep_private: bool = False  # True keeps private tags as they are: they may hold PHI
+    synthetic_only: bool = False  # a published key, for the synthetic cohort only
 
     def __post_init__(self) -> None:
-        if not self.project_key or not self.project_key.strip():
-            raise ConfigError("project_key is empty; give a secret string per project "
-                             "(it fixes pseudonyms, UIDs and date shifts)")
+        if not (self.synthetic_only and (self.project_key or "").strip()):
+            check_project_key(self.project_key)  # synthetic_only: data sets checked instead
         if self.date_shift_days is not None and not self.shift_dates:
             raise ConfigError(f"date_shift_days={self.date_shift_days} with shift_dates=False; "
                              "set shift_dates=True or drop date_shift_days")
@@ -146,6 +153,10 @@ def _deidentify(ds: Any, config: DeidConfig, name: str) -> tuple[Any, Counter]:
             f"{name}: BurnedInAnnotation is YES (text is burned into the pixels, which "
             "de-identification does not change); clean the pixels first, or opt in with "
             "allow_burned_in=True (--allow-burned-in) once they are checked")
+    if config.synthetic_only and not is_synthetic(ds):
+        raise DicomError(f"{name}: not from the synthetic cohort, and synthetic_only=True "
+                         "(the demo's published key) is for synthetic patients only; use a "
+                         "project key of your own (`domainvlm dicom keygen KEYFILE`)")
     key = patient_key(ds)
     out = copy.deepcopy(ds)
     syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)

@@ -28,7 +28,8 @@ from domainvlm.medical.deid import (
 from domainvlm.medical.errors import BurnedInAnnotationError, DicomError
 from domainvlm.medical.io import iter_dicom, read_frames
 
-KEY = "project-alpha-secret"
+KEY = "project-alpha-7Qm2vX9kLp4RzT8wNc3Hy6Bd"
+OTHER_KEY = "another-project-Jf5Lq8Zr2Wv7Xk3Nm9Tb"
 CT = "1.2.840.10008.5.1.4.1.1.2"
 STUDY, SERIES = "1.2.999.1001.1", "1.2.999.1001.2"
 FRAME = "1.2.999.1001.3"
@@ -274,7 +275,7 @@ def test_method_is_recorded_with_the_ps315_codes():
 
 def test_uids_are_consistent_within_a_key_and_differ_across_keys(source):
     out = deidentified_sources(source, DeidConfig(KEY))
-    other = deidentified_sources(source, DeidConfig("another-project"))
+    other = deidentified_sources(source, DeidConfig(OTHER_KEY))
     assert out[1].StudyInstanceUID == out[2].StudyInstanceUID == remap_uid(STUDY, KEY)
     assert out[1].SeriesInstanceUID == out[2].SeriesInstanceUID != SERIES
     assert out[1].FrameOfReferenceUID == out[2].FrameOfReferenceUID != FRAME
@@ -316,7 +317,7 @@ def test_derived_shift_is_one_per_patient_and_different_between_patients(source)
     assert -3650 <= shift_one <= -365 and -3650 <= shift_other <= -365
     assert shift_one != shift_other and out[3].StudyDate != out[1].StudyDate
     assert out[1].PatientID != out[3].PatientID
-    assert date_shift_days(patient_key(phi_dataset(1)), DeidConfig("another")) != shift_one
+    assert date_shift_days(patient_key(phi_dataset(1)), DeidConfig(OTHER_KEY)) != shift_one
 
 
 def test_removing_dates_empties_every_date_and_time():
@@ -378,8 +379,8 @@ def test_tree_reads_zips_skips_duplicates_and_refuses_a_busy_output(source, tmp_
 @pytest.mark.parametrize(("kwargs", "message"), [
     ({"project_key": ""}, "project_key is empty"),
     ({"project_key": "  "}, "project_key is empty"),
-    ({"project_key": "k", "shift_dates": False, "date_shift_days": 5}, "shift_dates=False"),
-    ({"project_key": "k", "date_shift_days": 0}, "keep the real dates"),
+    ({"project_key": KEY, "shift_dates": False, "date_shift_days": 5}, "shift_dates=False"),
+    ({"project_key": KEY, "date_shift_days": 0}, "keep the real dates"),
 ])
 def test_bad_configs_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):

@@ -18,7 +18,7 @@ from domainvlm.medical.sources import folder_fetcher
 from domainvlm.medical.splits import split_patients
 from domainvlm.medical.vqa import ViewSpec, build_vqa
 
-KEY = "test-project-key"
+KEY = "test-project-key-Vb7Nq2Lm9Xr4Tk8Wz3Pc"
 
 
 @pytest.fixture(scope="module")
