@@ -111,7 +111,9 @@ def deid_command(
     remove_dates: Annotated[bool, typer.Option(
         help="Empty dates and times instead of shifting them per patient.")] = False,
     allow_burned_in: Annotated[bool, typer.Option(
-        help="Accept images marked BurnedInAnnotation=YES (pixels are never scrubbed).")] = False,
+        help="Accept images marked BurnedInAnnotation=YES, and ultrasound, secondary capture, "
+        "photo and document objects that do not say (pixels are never scrubbed; such files "
+        "are written with PatientIdentityRemoved=NO).")] = False,
 ) -> None:
     """De-identify DICOM (PS3.15 Basic Profile, private tags removed, keyed UIDs and dates)
     into OUTPUT/<study>/<series>/<instance>.dcm; the folder appears only when all is done."""
@@ -122,6 +124,12 @@ def deid_command(
         report = deidentify_tree(source, output, config, progress=advance)
     typer.echo(f"{report.files_written} files, {report.series} series, {report.studies} studies, "
                f"{report.patients} patients -> {output} (dates {report.dates})")
+    if report.burned_in_allowed or report.possibly_burned_in_allowed:
+        typer.echo(f"let through by --allow-burned-in, pixels not cleaned: "
+                   f"{report.burned_in_allowed} marked BurnedInAnnotation=YES, "
+                   f"{report.possibly_burned_in_allowed} of a kind that often shows text "
+                   f"(ultrasound, secondary capture, photos, documents) without the tag; "
+                   f"{report.identity_not_removed} files say PatientIdentityRemoved=NO")
 
 
 @app.command("synth")

@@ -150,3 +150,22 @@ def test_keygen_key_file_works_and_is_never_overwritten(cohort, tmp_path):
     result = cli("deid", cohort, tmp_path / "clean", "--project-key-file", key_file)
     assert result.returncode == 2 and "chmod 600" in result.stderr
     assert key not in result.stderr
+
+
+def test_deid_refuses_ultrasound_without_the_tag_and_reports_what_it_let_through(tmp_path):
+    import shutil
+
+    from pydicom.data import get_testdata_file
+
+    folder = tmp_path / "us"
+    folder.mkdir()
+    shutil.copy(get_testdata_file("ExplVR_BigEnd.dcm"), folder / "us.dcm")
+    shutil.copy(get_testdata_file("CT_small.dcm"), folder / "ct.dcm")
+    env = {"DOMAINVLM_PROJECT_KEY": CLI_KEY}
+    result = cli("deid", folder, tmp_path / "out", env=env)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "us.dcm: Ultrasound Image without BurnedInAnnotation" in result.stderr
+    result = cli("deid", folder, tmp_path / "out", "--allow-burned-in", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "0 marked BurnedInAnnotation=YES, 1 of a kind that often shows text" in result.stdout
+    assert "1 files say PatientIdentityRemoved=NO" in result.stdout
