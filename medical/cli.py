@@ -66,6 +66,10 @@ KeyFileOption = Annotated[Path | None, typer.Option(
     "--project-key-file", envvar="DOMAINVLM_PROJECT_KEY_FILE",
     help="File holding the project key (only you may read it), made by `domainvlm dicom "
     "keygen PATH`.")]
+BurnedInOption = Annotated[bool, typer.Option(
+    help="Accept images marked BurnedInAnnotation=YES, and ultrasound, secondary capture, "
+    "photo and document objects that do not say (pixels are never scrubbed: text in them "
+    "stays; such files say PatientIdentityRemoved=NO).")]
 LayoutOption = Annotated[str, typer.Option(
     help="Tiles of montage and slabs: grid (whole slices) or sides (each cut at the body's "
     "midline, the patient's right halves on the image's left, so a side is a half of the "
@@ -110,10 +114,7 @@ def deid_command(
     project_key_file: KeyFileOption = None,
     remove_dates: Annotated[bool, typer.Option(
         help="Empty dates and times instead of shifting them per patient.")] = False,
-    allow_burned_in: Annotated[bool, typer.Option(
-        help="Accept images marked BurnedInAnnotation=YES, and ultrasound, secondary capture, "
-        "photo and document objects that do not say (pixels are never scrubbed; such files "
-        "are written with PatientIdentityRemoved=NO).")] = False,
+    allow_burned_in: BurnedInOption = False,
 ) -> None:
     """De-identify DICOM (PS3.15 Basic Profile, private tags removed, keyed UIDs and dates)
     into OUTPUT/<study>/<series>/<instance>.dcm; the folder appears only when all is done."""
@@ -180,8 +181,9 @@ def build_vqa_command(
         help="train,val,test fractions by patient.")] = "0.8,0.1,0.1",
     seed: int = 0,
     remove_dates: bool = False,
+    allow_burned_in: BurnedInOption = False,
     keep_column: Annotated[list[str] | None, typer.Option(
-        help="Copy this extra label column into the records too (repeatable). Only "
+        metavar="NAME", help="Copy this extra label column into the records too (repeatable). Only "
         "category and repeat travel otherwise: other columns may hold an MRN, a name or "
         "report text, so keeping one is your responsibility.")] = None,
 ) -> None:
@@ -192,7 +194,7 @@ def build_vqa_command(
     from domainvlm.medical.vqa import ViewSpec, build_vqa
 
     fractions = _fractions(split)
-    deid = _deid_config(project_key, project_key_file, remove_dates, False)
+    deid = _deid_config(project_key, project_key_file, remove_dates, allow_burned_in)
     views = ViewSpec(strategy=strategy, count=count, plane=plane, window=window,
                      image_size=image_size or None, layout=layout)
     if source.startswith(("http://", "https://")):
