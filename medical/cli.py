@@ -57,21 +57,47 @@ def info_command(
     Console().print(table)
 
 
-KeyOption = Annotated[str, typer.Option(
+KeyOption = Annotated[str | None, typer.Option(
     "--project-key", envvar="DOMAINVLM_PROJECT_KEY",
     help="Secret of this project: fixes pseudonyms, remapped UIDs and date shifts, so the same "
-    "patient or UID maps to the same output in every run. Keep it out of version control.")]
+    "patient or UID maps to the same output in every run. At least 32 random characters; "
+    "prefer --project-key-file (a command line is seen by other users).")]
+KeyFileOption = Annotated[Path | None, typer.Option(
+    "--project-key-file", envvar="DOMAINVLM_PROJECT_KEY_FILE",
+    help="File holding the project key (only you may read it), made by `domainvlm dicom "
+    "keygen PATH`.")]
+BurnedInOption = Annotated[bool, typer.Option(
+    help="Accept images marked BurnedInAnnotation=YES, and ultrasound, secondary capture, "
+    "photo and document objects that do not say (pixels are never scrubbed: text in them "
+    "stays; such files say PatientIdentityRemoved=NO).")]
 LayoutOption = Annotated[str, typer.Option(
     help="Tiles of montage and slabs: grid (whole slices) or sides (each cut at the body's "
     "midline, the patient's right halves on the image's left, so a side is a half of the "
     "image).")]
 
 
-def _deid_config(project_key: str, remove_dates: bool, allow_burned_in: bool):
+def _deid_config(project_key: str | None, key_file: Path | None, remove_dates: bool,
+                 allow_burned_in: bool):
     from domainvlm.medical.deid import DeidConfig
+    from domainvlm.medical.keys import check_project_key, resolve_project_key
 
-    return DeidConfig(project_key=project_key, shift_dates=not remove_dates,
+    key = resolve_project_key(project_key, key_file)
+    check_project_key(key, "--project-key-file" if key_file else "--project-key")
+    return DeidConfig(project_key=key, shift_dates=not remove_dates,
                       allow_burned_in=allow_burned_in)
+
+
+@app.command("keygen")
+def keygen_command(
+    path: Annotated[Path, typer.Argument(help="New file for the key (never overwritten).")],
+) -> None:
+    """Write a new random project key (256 bits) to PATH, readable by you only (mode 0600);
+    use it with --project-key-file PATH or DOMAINVLM_PROJECT_KEY_FILE=PATH. Keep it secret and
+    backed up: another key gives every patient and UID other pseudonyms."""
+    from domainvlm.medical.keys import write_key_file
+
+    write_key_file(path)
+    typer.echo(f"new project key -> {path} (mode 600); use --project-key-file {path}")
 
 
 def _progress(description: str, total: int | None = None):
@@ -84,21 +110,27 @@ def _progress(description: str, total: int | None = None):
 def deid_command(
     source: Annotated[Path, typer.Argument(help="DICOM file, folder or .zip to de-identify.")],
     output: Annotated[Path, typer.Argument(help="New folder for the de-identified files.")],
-    project_key: KeyOption,
+    project_key: KeyOption = None,
+    project_key_file: KeyFileOption = None,
     remove_dates: Annotated[bool, typer.Option(
         help="Empty dates and times instead of shifting them per patient.")] = False,
-    allow_burned_in: Annotated[bool, typer.Option(
-        help="Accept images marked BurnedInAnnotation=YES (pixels are never scrubbed).")] = False,
+    allow_burned_in: BurnedInOption = False,
 ) -> None:
     """De-identify DICOM (PS3.15 Basic Profile, private tags removed, keyed UIDs and dates)
     into OUTPUT/<study>/<series>/<instance>.dcm; the folder appears only when all is done."""
     from domainvlm.medical.deid import deidentify_tree
 
-    config = _deid_config(project_key, remove_dates, allow_burned_in)
+    config = _deid_config(project_key, project_key_file, remove_dates, allow_burned_in)
     with _progress("de-identifying") as advance:
         report = deidentify_tree(source, output, config, progress=advance)
     typer.echo(f"{report.files_written} files, {report.series} series, {report.studies} studies, "
                f"{report.patients} patients -> {output} (dates {report.dates})")
+    if report.burned_in_allowed or report.possibly_burned_in_allowed:
+        typer.echo(f"let through by --allow-burned-in, pixels not cleaned: "
+                   f"{report.burned_in_allowed} marked BurnedInAnnotation=YES, "
+                   f"{report.possibly_burned_in_allowed} of a kind that often shows text "
+                   f"(ultrasound, secondary capture, photos, documents) without the tag; "
+                   f"{report.identity_not_removed} files say PatientIdentityRemoved=NO")
 
 
 @app.command("synth")
@@ -134,7 +166,8 @@ def build_vqa_command(
         help="CSV/JSONL: study_uid and/or series_uid, question, answer, [answerable], "
         "[question_type].")],
     output: Annotated[Path, typer.Argument(help="New folder for {train,val,test}.jsonl + images.")],
-    project_key: KeyOption,
+    project_key: KeyOption = None,
+    project_key_file: KeyFileOption = None,
     strategy: Annotated[str, typer.Option(help="montage | slabs | slices | mip")] = "montage",
     count: Annotated[int, typer.Option(
         min=1, help="Slices per montage, slabs per slab montage, images per record.")] = 9,
@@ -148,13 +181,20 @@ def build_vqa_command(
         help="train,val,test fractions by patient.")] = "0.8,0.1,0.1",
     seed: int = 0,
     remove_dates: bool = False,
+    allow_burned_in: BurnedInOption = False,
+    keep_column: Annotated[list[str] | None, typer.Option(
+        metavar="NAME", help="Copy this extra label column into the records too (repeatable). Only "
+        "category and repeat travel otherwise: other columns may hold an MRN, a name or "
+        "report text, so keeping one is your responsibility.")] = None,
 ) -> None:
     """Turn labelled DICOM studies into VQA data for `domainvlm finetune`: de-identified,
-    rendered, split by patient (no patient in two splits)."""
+    rendered, split by patient (no patient in two splits). Label columns other than the
+    known ones are left out and named (never their values)."""
     from domainvlm.medical.sources import folder_fetcher, pacs_fetcher
     from domainvlm.medical.vqa import ViewSpec, build_vqa
 
     fractions = _fractions(split)
+    deid = _deid_config(project_key, project_key_file, remove_dates, allow_burned_in)
     views = ViewSpec(strategy=strategy, count=count, plane=plane, window=window,
                      image_size=image_size or None, layout=layout)
     if source.startswith(("http://", "https://")):
@@ -166,11 +206,18 @@ def build_vqa_command(
             fetch = folder_fetcher(Path(source), progress=advance)
     with _progress("building VQA data") as advance:
         report = build_vqa(fetch, labels, output,
-                           deid=_deid_config(project_key, remove_dates, False), views=views,
-                           fractions=fractions, seed=seed, progress=advance)
+                           deid=deid, views=views,
+                           fractions=fractions, seed=seed, progress=advance,
+                           keep_columns=keep_column or ())
     for name, n in report.records.items():
         typer.echo(f"{name}: {n} questions from {report.patients[name]} patients "
                    f"-> {output / (name + '.jsonl')}")
+    if report.dropped_columns:
+        typer.echo(f"label columns left out of the records (they may hold patient data): "
+                   f"{', '.join(report.dropped_columns)}; --keep-column NAME keeps one")
+    if report.kept_columns:
+        typer.echo(f"label columns kept by --keep-column (your responsibility): "
+                   f"{', '.join(report.kept_columns)}")
 
 
 @app.command("import-vqa")

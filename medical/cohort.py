@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from domainvlm.atomic import new_folder
+from domainvlm.medical.keys import SYNTHETIC_MARK
 from domainvlm.medical.phantom import (
     DEFAULT_SHAPE,
     LARGE_ABOVE_MM,
@@ -133,7 +134,7 @@ def fake_phi(rng: np.random.Generator, index: int) -> dict:
         "DeviceSerialNumber": f"SN-{int(rng.integers(10**5, 10**6))}",
         "ReferringPhysicianName": person(), "PerformingPhysicianName": person(),
         "OperatorsName": person(), "RequestAttributesSequence": [request],
-        "Manufacturer": "DOMAINVLM", "ManufacturerModelName": "PHANTOM CT",
+        **SYNTHETIC_MARK,  # lets the demo's published key de-identify these, and only these
         # Two presets, as scanners write them: soft tissue first, then lung.
         "WindowCenter": [40.0, -600.0], "WindowWidth": [400.0, 1500.0],
         "WindowCenterWidthExplanation": ["SOFT TISSUE", "LUNG"],

@@ -17,12 +17,26 @@ that must be reproducible, ours replace them:
   deepest first, and empty the sequences the table says to replace (D) or empty (Z).
 * Person names the table keeps as dummies are emptied, so any name left is a real miss.
 * Patient: PatientID and PatientName become a keyed pseudonym, so studies of one patient stay
-  grouped (the key holder can re-link them: keep the key secret).
+  grouped (the key holder can re-link them: keep the key secret). A guessable key undoes all
+  of this, so `DeidConfig` refuses weak ones (`domainvlm.medical.keys`).
 
 Then all private tags go (also inside sequences), and a final sweep removes whatever the table
 missed: person names (PN) anywhere, other IDs and names, addresses, comments, original and
-encrypted attribute sequences. Pixel data is never changed, so an image whose text is burned
-into the pixels (BurnedInAnnotation YES) is refused unless the caller opts in.
+encrypted attribute sequences. Pixel data is never changed, so an image whose pixels may hold
+text (BurnedInAnnotation YES, or a class of image that commonly does and does not say:
+`domainvlm.medical.burned_in`) is refused unless the caller opts in.
+
+What the output claims (PS3.15 E.1.1; PS3.3 C.7.1.1, Patient Identity Removed: "the true
+identity of the patient has been removed from the Attributes and the Pixel Data"):
+
+* Complete: PatientIdentityRemoved YES; codes (CID 7050) 113100 Basic Application
+  Confidentiality Profile, plus 113107 Retain Longitudinal Temporal Information Modified Dates
+  Option when dates were shifted (removed dates are the profile's own action).
+* Not complete, when private tags were kept (`keep_private`: all of them as they are, which is
+  not the Retain Safe Private Option 113111, that keeps only attributes known to be safe) or
+  when pixels that may hold text were let through (`allow_burned_in`; we never clean pixels, so
+  113101 Clean Pixel Data is never claimed): PatientIdentityRemoved NO, no method codes (a code
+  would claim the profile), and DeidentificationMethod says what was done and what was not.
 """
 
 from __future__ import annotations
@@ -40,8 +54,10 @@ from typing import Any
 
 from domainvlm.atomic import new_folder
 from domainvlm.errors import ConfigError
+from domainvlm.medical.burned_in import burned_in_reason
 from domainvlm.medical.errors import BurnedInAnnotationError, DicomError
 from domainvlm.medical.io import iter_dicom
+from domainvlm.medical.keys import check_project_key, is_synthetic
 
 TABLES = ("dicomfields_2026c", "dicomfields_2024b", "dicomfields_2023")  # newest first
 MAX_SHIFT_DAYS, MIN_SHIFT_DAYS = 3650, 365  # derived shifts move dates 1-10 years back
@@ -55,18 +71,23 @@ _FORBIDDEN = frozenset({
 
 @dataclass(frozen=True)
 class DeidConfig:
-    """How to de-identify. `date_shift_days` None derives a shift per patient from the key."""
+    """How to de-identify. `date_shift_days` None derives a shift per patient from the key.
 
-    project_key: str
+    `project_key` must pass `keys.check_project_key`, except with `synthetic_only`: the demo's
+    exemption for its made-up patients, under which every data set without the synthetic
+    cohort's mark is refused (`keys.is_synthetic`). Not offered by the CLI.
+    """
+
+    project_key: str = field(repr=False)  # a secret: kept out of logs and tracebacks
     shift_dates: bool = True  # False: empty every date and time instead
     date_shift_days: int | None = None
     allow_burned_in: bool = False  # True only when the pixels were checked or cleaned
     keep_private: bool = False  # True keeps private tags as they are: they may hold PHI
+    synthetic_only: bool = False  # a published key, for the synthetic cohort only
 
     def __post_init__(self) -> None:
-        if not self.project_key or not self.project_key.strip():
-            raise ConfigError("project_key is empty; give a secret string per project "
-                             "(it fixes pseudonyms, UIDs and date shifts)")
+        if not (self.synthetic_only and (self.project_key or "").strip()):
+            check_project_key(self.project_key)  # synthetic_only: data sets checked instead
         if self.date_shift_days is not None and not self.shift_dates:
             raise ConfigError(f"date_shift_days={self.date_shift_days} with shift_dates=False; "
                              "set shift_dates=True or drop date_shift_days")
@@ -85,7 +106,9 @@ class DeidReport:
     studies: int = 0
     series: int = 0
     patients: int = 0
-    burned_in_allowed: int = 0
+    burned_in_allowed: int = 0  # BurnedInAnnotation YES, let through by allow_burned_in
+    possibly_burned_in_allowed: int = 0  # undeclared, of a kind that often is (burned_in.py)
+    identity_not_removed: int = 0  # written with PatientIdentityRemoved NO (see above)
     dates: str = "shifted"
     table: str = ""
     sweep: dict[str, int] = field(default_factory=dict)  # what the final sweep removed
@@ -136,16 +159,20 @@ def deidentify(ds: Any, config: DeidConfig, name: str = "<dataset>") -> Any:
 
 
 def _deidentify(ds: Any, config: DeidConfig, name: str) -> tuple[Any, Counter]:
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.sequence import Sequence
+    from pydicom.dataset import FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian
 
-    if str(ds.get("BurnedInAnnotation", "")).strip().upper() == "YES" and \
-            not config.allow_burned_in:
+    burned_in = burned_in_reason(ds)
+    if burned_in and not config.allow_burned_in:
         raise BurnedInAnnotationError(
-            f"{name}: BurnedInAnnotation is YES (text is burned into the pixels, which "
-            "de-identification does not change); clean the pixels first, or opt in with "
-            "allow_burned_in=True (--allow-burned-in) once they are checked")
+            f"{name}: {burned_in}: its pixels may show the patient's name or ID, and "
+            "de-identification does not change pixels; check or clean them (then set "
+            "BurnedInAnnotation to NO), or opt in with allow_burned_in=True "
+            "(--allow-burned-in) once they are checked")
+    if config.synthetic_only and not is_synthetic(ds):
+        raise DicomError(f"{name}: not from the synthetic cohort, and synthetic_only=True "
+                         "(the demo's published key) is for synthetic patients only; use a "
+                         "project key of your own (`domainvlm dicom keygen KEYFILE`)")
     key = patient_key(ds)
     out = copy.deepcopy(ds)
     syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
@@ -158,19 +185,9 @@ def _deidentify(ds: Any, config: DeidConfig, name: str) -> tuple[Any, Counter]:
     alias = pseudonym(key, config.project_key)
     out.PatientID = alias
     out.PatientName = alias
-    out.PatientIdentityRemoved = "YES"
-    out.LongitudinalTemporalInformationModified = "MODIFIED" if shift is not None else "REMOVED"
-    dates = "dates shifted" if shift is not None else "dates removed"
-    out.DeidentificationMethod = f"PS3.15 Basic Profile; keyed UIDs; {dates}"
-    codes = [("113100", "Basic Application Confidentiality Profile")]
-    if shift is not None:
-        codes.append(("113107", "Retain Longitudinal Temporal Information Modified Dates Option"))
-    items = []
-    for value, meaning in codes:
-        item = Dataset()
-        item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = value, "DCM", meaning
-        items.append(item)
-    out.DeidentificationMethodCodeSequence = Sequence(items)
+    gaps = (["private tags kept as they are"] if config.keep_private else []) + (
+        ["pixels may hold burned-in text"] if burned_in else [])
+    _claim(out, shift is not None, gaps)
     meta = FileMetaDataset()
     meta.TransferSyntaxUID = syntax or ExplicitVRLittleEndian
     if "SOPClassUID" in out:
@@ -179,6 +196,33 @@ def _deidentify(ds: Any, config: DeidConfig, name: str) -> tuple[Any, Counter]:
         meta.MediaStorageSOPInstanceUID = out.SOPInstanceUID
     out.file_meta = meta
     return out, fixes
+
+
+def _claim(out: Any, shifted: bool, gaps: list[str]) -> None:
+    """Write what was done (module docstring): the profile and options, or what is missing."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    out.LongitudinalTemporalInformationModified = "MODIFIED" if shifted else "REMOVED"
+    dates = "dates shifted" if shifted else "dates removed"
+    if gaps:  # LO values hold 64 characters: one value per statement
+        out.PatientIdentityRemoved = "NO"
+        out.DeidentificationMethod = ["PS3.15 Basic Profile NOT complete", *gaps,
+                                      "keyed UIDs", dates]
+        if "DeidentificationMethodCodeSequence" in out:
+            del out.DeidentificationMethodCodeSequence
+        return
+    out.PatientIdentityRemoved = "YES"
+    out.DeidentificationMethod = f"PS3.15 Basic Profile; keyed UIDs; {dates}"
+    codes = [("113100", "Basic Application Confidentiality Profile")]
+    if shifted:
+        codes.append(("113107", "Retain Longitudinal Temporal Information Modified Dates Option"))
+    items = []
+    for value, meaning in codes:
+        item = Dataset()
+        item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = value, "DCM", meaning
+        items.append(item)
+    out.DeidentificationMethodCodeSequence = Sequence(items)
 
 
 @functools.cache
@@ -346,8 +390,11 @@ def deidentify_tree(src: Path, dst: Path, config: DeidConfig,
             folder.mkdir(parents=True, exist_ok=True)
             out.save_as(path, enforce_file_format=True)
             report.files_written += 1
-            burned_in = str(source.dataset.get("BurnedInAnnotation", "")).strip().upper()
-            report.burned_in_allowed += burned_in == "YES"  # only reached when allowed
+            burned_in = burned_in_reason(source.dataset)  # only reached when allowed
+            report.burned_in_allowed += burned_in == "BurnedInAnnotation is YES"
+            report.possibly_burned_in_allowed += bool(burned_in) and (
+                burned_in != "BurnedInAnnotation is YES")
+            report.identity_not_removed += out.PatientIdentityRemoved == "NO"
             studies.add(folder.parent.name)
             series.add(folder.name)
             patients.add(str(out.PatientID))

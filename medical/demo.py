@@ -15,7 +15,11 @@ from typing import Any
 
 from domainvlm.progress import Reporter
 
-DEMO_KEY = "domainvlm-demo"  # the de-identification key of the synthetic cohort only
+# The de-identification key of the synthetic cohort only. It is published, so it is not a
+# secret: DeidConfig accepts it only with synthetic_only=True, which refuses every data set
+# the cohort writer did not mark (domainvlm.medical.keys). The split hangs on the pseudonyms
+# it gives, so changing it would change the demo's results.
+DEMO_KEY = "domainvlm-demo"
 # The stack cut into 4 slabs, each shown as its maximum-intensity projection: every slice is
 # seen, so a 6 mm nodule on a 6 mm slice shows at full contrast (a 9-slice montage of 21 mm
 # slices hid a third of the small lesions).
@@ -179,7 +183,8 @@ def _make_data(cfg: DemoConfig, out: Path, image_size: int, reporter: Reporter) 
     labels.write_text("".join(json.dumps(r) + "\n" for r in rows))
     fetch = folder_fetcher(out / "cohort")
     with reporter.task("de-identifying and rendering", total=cfg.patients) as advance:
-        build_vqa(fetch, labels, out / "vqa", deid=DeidConfig(project_key=DEMO_KEY),
+        build_vqa(fetch, labels, out / "vqa",
+                  deid=DeidConfig(project_key=DEMO_KEY, synthetic_only=True),
                   views=ViewSpec(**VIEW, image_size=image_size),
                   fractions=SPLIT, seed=cfg.seed,
                   progress=advance, workers=workers)

@@ -27,5 +27,9 @@ class BurnedInAnnotationError(DicomError):
     """The image carries burned-in text (BurnedInAnnotation=YES) and the user did not opt in."""
 
 
+class ArchiveLimitError(DicomError):
+    """A zip member or archive expands past a limit (a zip bomb, or a limit set too low)."""
+
+
 class PacsError(DomainVLMError, RuntimeError):
     """A PACS (DICOMweb) request failed; the message has the URL path and HTTP status."""

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from domainvlm.medical.archives import ArchiveLimits, zip_members
 from domainvlm.medical.errors import DicomDecodeError, DicomError, NotDicomError
 
 MAX_DECODED_BYTES = 4 * 2**30  # float32 output; a larger object is refused, not swapped to death
@@ -101,11 +102,14 @@ def read_dataset(data: Path | bytes, name: str, *, stop_before_pixels: bool = Fa
 
 
 def iter_dicom(path: Path, *, stop_before_pixels: bool = False,
-               skip_non_dicom: bool = True) -> Iterator[DicomSource]:
+               skip_non_dicom: bool = True,
+               limits: ArchiveLimits | None = None) -> Iterator[DicomSource]:
     """Every DICOM data set under `path`: a file, a folder (recursive, sorted) or a .zip.
 
     Non-DICOM files in folders and archives are skipped (DICOMDIR indexes too) unless
-    `skip_non_dicom` is False; a single named file that is not DICOM always raises.
+    `skip_non_dicom` is False; a single named file that is not DICOM always raises. Zip
+    members are streamed within `limits` (default `ArchiveLimits.from_env()`, see
+    `domainvlm.medical.archives`): ArchiveLimitError names the archive, member and limit.
     """
     path = Path(path)
     if not path.exists():
@@ -114,7 +118,7 @@ def iter_dicom(path: Path, *, stop_before_pixels: bool = False,
         yield DicomSource(str(path), read_dataset(path, str(path),
                                                   stop_before_pixels=stop_before_pixels))
         return
-    for name, load in _members(path):
+    for name, load in _members(path, limits or ArchiveLimits.from_env()):
         try:
             ds = read_dataset(load(), name, stop_before_pixels=stop_before_pixels)
         except NotDicomError:
@@ -126,22 +130,15 @@ def iter_dicom(path: Path, *, stop_before_pixels: bool = False,
         yield DicomSource(name, ds)
 
 
-def _members(path: Path) -> Iterator[tuple[str, Any]]:
+def _members(path: Path, limits: ArchiveLimits) -> Iterator[tuple[str, Any]]:
     if path.is_dir():
         for file in sorted(p for p in path.rglob("*") if p.is_file()):
             if zipfile.is_zipfile(file):
-                yield from _members(file)
+                yield from _members(file, limits)
             else:
                 yield str(file), (lambda f=file: f)
         return
-    try:
-        archive = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError) as err:
-        raise DicomError(f"{path}: unreadable zip archive ({_detail(err)})") from None
-    with archive:
-        for info in sorted(archive.infolist(), key=lambda i: i.filename):
-            if not info.is_dir():
-                yield f"{path}:{info.filename}", (lambda i=info: archive.read(i))
+    yield from zip_members(path, limits)
 
 
 def read_frames(ds: Any, name: str = "<dataset>") -> Any:

@@ -4,20 +4,25 @@ A label file is CSV or JSONL, one question per row, keyed by the original StudyI
 and/or SeriesInstanceUID of the scan it asks about (the UIDs the hospital has; de-identification
 remaps them later). Columns: `study_uid`, `series_uid` (at least one), `question`, `answer`,
 optional `answerable` (false for false-premise questions, default true) and `question_type`
-(closed/open); other columns (e.g. `category`) travel into the records. VQA-RAD and SLAKE
-ship JSON with images already rendered; `read_public_vqa` turns them into the core engine's
-records.
+(closed/open). Of the other columns only those the core engine's records use travel into the
+records (`RECORD_COLUMNS`: `category`, read by evaluation per category, and `repeat`, how many
+times training sees the row), plus any the user keeps by name: a label file exported from a
+hospital system often carries an MRN, a name or the report text, which must not land in
+training data beside de-identified pixels. `travelling_columns` decides; the build names the
+columns it dropped, never their values. VQA-RAD and SLAKE ship JSON with images already
+rendered; `read_public_vqa` turns them into the core engine's records.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from domainvlm.errors import DataError
+from domainvlm.errors import ConfigError, DataError
 
 _TRUE = {"true", "1", "yes", "y"}
 _FALSE = {"false", "0", "no", "n"}
@@ -34,10 +39,28 @@ class LabelRow:
     series_uid: str | None = None
     answerable: bool = True
     question_type: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)  # other columns, copied to the record
+    extra: dict[str, Any] = field(default_factory=dict)  # other columns, as read
 
 
 _COLUMNS = {"study_uid", "series_uid", "question", "answer", "answerable", "question_type"}
+# Extra columns the core engine's records read (domainvlm.data.records, domainvlm.evaluation).
+RECORD_COLUMNS = ("category", "repeat")
+
+
+def travelling_columns(rows: Sequence[LabelRow], keep_columns: Sequence[str] = ()
+                       ) -> tuple[frozenset[str], list[str]]:
+    """(extra columns copied into the records, sorted names of the others, which are dropped).
+
+    `keep_columns` names more columns to copy: the user's call (they may hold PHI).
+    ConfigError when one of them is in no row (a typo would otherwise keep nothing, silently).
+    """
+    present = {name for row in rows for name in row.extra}
+    missing = sorted(set(keep_columns) - present - _COLUMNS)
+    if missing:
+        raise ConfigError(f"--keep-column {', '.join(missing)}: no such column in the labels "
+                          f"(other columns there: {', '.join(sorted(present)) or 'none'})")
+    travel = frozenset(RECORD_COLUMNS) | frozenset(keep_columns)
+    return travel, sorted(present - travel)
 
 
 def read_labels(path: Path) -> list[LabelRow]:
@@ -79,8 +102,18 @@ def _label(row: dict[str, Any], source: str) -> LabelRow:
                     study_uid=study, series_uid=series,
                     answerable=_boolean(row.get("answerable", True), source),
                     question_type=question_type.lower() if question_type else None,
-                    extra={k: v for k, v in row.items() if k not in _COLUMNS and v not in
-                           (None, "")})
+                    extra=_extra(row, source))
+
+
+def _extra(row: dict[str, Any], source: str) -> dict[str, Any]:
+    extra = {k: v for k, v in row.items() if k not in _COLUMNS and v not in (None, "")}
+    if isinstance(extra.get("repeat"), str):  # CSV cells are text; records want a number
+        text = extra["repeat"].strip()
+        if not text.isdigit() or int(text) < 1:
+            raise DataError(f"{source}: repeat must be a whole number >= 1, got "
+                            f"{extra['repeat']!r}")
+        extra["repeat"] = int(text)
+    return extra
 
 
 def _optional(value: Any) -> str | None:

@@ -20,7 +20,7 @@ from domainvlm.atomic import new_folder
 from domainvlm.errors import ConfigError, DataError
 from domainvlm.medical.deid import DeidConfig, deidentify
 from domainvlm.medical.io import DicomSource
-from domainvlm.medical.labels import LabelRow, read_labels
+from domainvlm.medical.labels import LabelRow, read_labels, travelling_columns
 from domainvlm.medical.lungs import lungs_only
 from domainvlm.medical.render import resolve_window
 from domainvlm.medical.series import Volume, load_volume
@@ -159,27 +159,34 @@ class BuildReport:
     series: int = 0
     images: int = 0
     unanswerable: int = 0
+    dropped_columns: list[str] = field(default_factory=list)  # label columns left out (names)
+    kept_columns: list[str] = field(default_factory=list)  # kept on the user's say-so
 
 
 def build_vqa(fetch: SeriesFetcher, labels: Path | Sequence[LabelRow], output: Path, *,
               deid: DeidConfig, views: ViewSpec | None = None,
               fractions: Mapping[str, float] = DEFAULT_FRACTIONS, seed: int = 0,
-              progress: Callable[[int], None] | None = None, workers: int = 1) -> BuildReport:
+              progress: Callable[[int], None] | None = None, workers: int = 1,
+              keep_columns: Sequence[str] = ()) -> BuildReport:
     """Write `output/{split}.jsonl`, `output/images/`, `output/build.json`.
 
     `fetch(study_uid, series_uid)` returns the DICOM of one series, as stored (see
     `domainvlm.medical.sources`); each label row names its scan by original UIDs.
     `progress(1)` after each series. `workers` processes de-identify and render series side
-    by side (fetching stays here); the output is the same for any number.
+    by side (fetching stays here); the output is the same for any number. Label columns
+    other than the known ones (`domainvlm.medical.labels.RECORD_COLUMNS`) and
+    `keep_columns` are dropped, and named in the report.
     """
     views = views or ViewSpec()
     rows = read_labels(labels) if isinstance(labels, str | Path) else list(labels)
     if not rows:
         raise DataError("no label rows: nothing to build")
+    travel, dropped = travelling_columns(rows, keep_columns)
     by_scan: dict[tuple[str | None, str | None], list[LabelRow]] = defaultdict(list)
     for row in rows:
         by_scan[(row.study_uid, row.series_uid)].append(row)
-    report = BuildReport(output=str(output))
+    report = BuildReport(output=str(output), dropped_columns=dropped,
+                         kept_columns=sorted(set(keep_columns)))
     records: list[dict[str, Any]] = []
     with new_folder(output) as partial:
         def calls() -> Iterator[tuple[Any, ...]]:
@@ -194,7 +201,7 @@ def build_vqa(fetch: SeriesFetcher, labels: Path | Sequence[LabelRow], output: P
         for scan, questions in zip(scans, by_scan.values(), strict=True):
             report.images += len(scan.images)
             report.series += 1
-            records += [_record(question, scan) for question in questions]
+            records += [_record(question, scan, travel) for question in questions]
         assignment = split_patients([r["patient"] for r in records], fractions, seed)
         for name in fractions:
             chosen = [r for r in records if assignment[r["patient"]] == name]
@@ -247,9 +254,10 @@ def _prepare_scan(number: int, found: list[DicomSource], deid: DeidConfig, views
     return _Scan(volume.study_uid, volume.series_uid, str(cleaned[0].dataset.PatientID), images)
 
 
-def _record(row: LabelRow, scan: _Scan) -> dict[str, Any]:
+def _record(row: LabelRow, scan: _Scan, travel: frozenset[str]) -> dict[str, Any]:
     images = scan.images
-    return {**row.extra, "image": [image["path"] for image in images], "question": row.question,
+    extra = {k: v for k, v in row.extra.items() if k in travel}
+    return {**extra, "image": [image["path"] for image in images], "question": row.question,
             "answer": row.answer, "question_type": row.question_type or _guess_type(row.answer),
             "answerable": row.answerable, "patient": scan.patient, "study_uid": scan.study_uid,
             "series_uid": scan.series_uid,

@@ -28,7 +28,8 @@ from domainvlm.medical.deid import (
 from domainvlm.medical.errors import BurnedInAnnotationError, DicomError
 from domainvlm.medical.io import iter_dicom, read_frames
 
-KEY = "project-alpha-secret"
+KEY = "project-alpha-7Qm2vX9kLp4RzT8wNc3Hy6Bd"
+OTHER_KEY = "another-project-Jf5Lq8Zr2Wv7Xk3Nm9Tb"
 CT = "1.2.840.10008.5.1.4.1.1.2"
 STUDY, SERIES = "1.2.999.1001.1", "1.2.999.1001.2"
 FRAME = "1.2.999.1001.3"
@@ -274,7 +275,7 @@ def test_method_is_recorded_with_the_ps315_codes():
 
 def test_uids_are_consistent_within_a_key_and_differ_across_keys(source):
     out = deidentified_sources(source, DeidConfig(KEY))
-    other = deidentified_sources(source, DeidConfig("another-project"))
+    other = deidentified_sources(source, DeidConfig(OTHER_KEY))
     assert out[1].StudyInstanceUID == out[2].StudyInstanceUID == remap_uid(STUDY, KEY)
     assert out[1].SeriesInstanceUID == out[2].SeriesInstanceUID != SERIES
     assert out[1].FrameOfReferenceUID == out[2].FrameOfReferenceUID != FRAME
@@ -316,7 +317,7 @@ def test_derived_shift_is_one_per_patient_and_different_between_patients(source)
     assert -3650 <= shift_one <= -365 and -3650 <= shift_other <= -365
     assert shift_one != shift_other and out[3].StudyDate != out[1].StudyDate
     assert out[1].PatientID != out[3].PatientID
-    assert date_shift_days(patient_key(phi_dataset(1)), DeidConfig("another")) != shift_one
+    assert date_shift_days(patient_key(phi_dataset(1)), DeidConfig(OTHER_KEY)) != shift_one
 
 
 def test_removing_dates_empties_every_date_and_time():
@@ -340,7 +341,7 @@ def test_burned_in_annotation_is_refused_unless_the_user_opts_in(tmp_path):
     assert "scan-17.dcm" in str(caught.value)
     assert not [n for n in needles(PHI) if n.decode() in str(caught.value).lower()]
     allowed = deidentify(burned, DeidConfig(KEY, allow_burned_in=True))
-    assert allowed.BurnedInAnnotation == "YES" and allowed.PatientIdentityRemoved == "YES"
+    assert allowed.BurnedInAnnotation == "YES" and allowed.PatientIdentityRemoved == "NO"
     folder = tmp_path / "in"
     folder.mkdir()
     phi_dataset(2).save_as(folder / "a.dcm", enforce_file_format=True)
@@ -378,8 +379,8 @@ def test_tree_reads_zips_skips_duplicates_and_refuses_a_busy_output(source, tmp_
 @pytest.mark.parametrize(("kwargs", "message"), [
     ({"project_key": ""}, "project_key is empty"),
     ({"project_key": "  "}, "project_key is empty"),
-    ({"project_key": "k", "shift_dates": False, "date_shift_days": 5}, "shift_dates=False"),
-    ({"project_key": "k", "date_shift_days": 0}, "keep the real dates"),
+    ({"project_key": KEY, "shift_dates": False, "date_shift_days": 5}, "shift_dates=False"),
+    ({"project_key": KEY, "date_shift_days": 0}, "keep the real dates"),
 ])
 def test_bad_configs_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -444,3 +445,124 @@ def test_keep_private_keeps_private_tags_but_still_sweeps_names():
     assert out.private_block(0x0009, "ACME HOSPITAL")[0x01].value == "PRIVNAME-Omicron"
     names = [e for e in _all_elements(out) if e.VR == "PN" and str(e.value)]
     assert [e.keyword for e in names] == ["PatientName"]
+
+
+# --- what the output claims, and images whose pixels may hold text -----------------------------
+US_IMAGE, SC_IMAGE = "1.2.840.10008.5.1.4.1.1.6.1", "1.2.840.10008.5.1.4.1.1.7"
+VL_PHOTO = "1.2.840.10008.5.1.4.1.1.77.1.4"
+
+
+def corpus(name: str, **attributes: str) -> Dataset:
+    """A file of pydicom's test corpus, with `attributes` set on it (None deletes)."""
+    from pydicom.data import get_testdata_file
+
+    ds = pydicom.dcmread(get_testdata_file(name))
+    for keyword, value in attributes.items():
+        if value is None:
+            delattr(ds, keyword)
+        else:
+            setattr(ds, keyword, value)
+    return ds
+
+
+# (file, attributes changed, refused without allow_burned_in): real US and SC files, CT and MR
+# relabelled as the classes and modalities that show text, and declared ones either way.
+PIXEL_TEXT_CASES = [
+    ("CT_small.dcm", {}, False),
+    ("MR_small.dcm", {}, False),
+    ("ExplVR_BigEnd.dcm", {}, True),  # Ultrasound Image Storage, modality US
+    ("examples_ybr_color.dcm", {}, True),  # Ultrasound Multi-frame Image Storage
+    ("SC_rgb_rle.dcm", {}, True),  # Secondary Capture, modality OT
+    ("JPEG2000.dcm", {}, True),  # Secondary Capture of an NM image: the class decides
+    ("CT_small.dcm", {"BurnedInAnnotation": "YES"}, True),
+    ("CT_small.dcm", {"SOPClassUID": US_IMAGE, "Modality": "US"}, True),
+    ("CT_small.dcm", {"SOPClassUID": VL_PHOTO, "Modality": "XC"}, True),
+    ("CT_small.dcm", {"Modality": "ES"}, True),
+    ("CT_small.dcm", {"Modality": "OT"}, True),
+    ("CT_small.dcm", {"Modality": "DOC"}, True),
+    ("CT_small.dcm", {"Modality": "SM"}, True),
+    ("CT_small.dcm", {"Modality": "XA"}, False),  # a detector image: text goes in overlays
+    ("CT_small.dcm", {"SOPClassUID": US_IMAGE, "BurnedInAnnotation": "NO"}, False),
+    ("SC_rgb_rle.dcm", {"BurnedInAnnotation": "NO"}, False),  # declared clean: trusted
+]
+
+
+@pytest.mark.parametrize(("name", "attributes", "refused"), PIXEL_TEXT_CASES)
+def test_images_that_may_show_text_are_refused_unless_allowed(name, attributes, refused):
+    ds = corpus(name, **attributes)
+    if refused:
+        with pytest.raises(BurnedInAnnotationError, match="allow_burned_in") as caught:
+            deidentify(ds, DeidConfig(KEY), name=name)
+        assert name in str(caught.value)
+        assert str(ds.PatientName) not in str(caught.value)
+    else:
+        assert deidentify(ds, DeidConfig(KEY)).PatientIdentityRemoved == "YES"
+    allowed = deidentify(ds, DeidConfig(KEY, allow_burned_in=True))
+    assert allowed.PatientIdentityRemoved == ("NO" if refused else "YES")
+
+
+def test_every_secondary_capture_and_ultrasound_class_counts_as_showing_text():
+    """pydicom's UID names, not our list, say which classes these are."""
+    from pydicom.uid import UID_dictionary
+
+    from domainvlm.medical.burned_in import PIXEL_TEXT_SOP_CLASSES
+
+    words = ("Secondary Capture", "Ultrasound", "Endoscopic", "Photograph", "Encapsulated PDF")
+    named = {uid for uid, (name, kind, *_) in UID_dictionary.items()
+             if kind == "SOP Class" and "Storage" in name and any(w in name for w in words)}
+    assert len(named) >= 15 and named <= set(PIXEL_TEXT_SOP_CLASSES)
+
+
+CODES = {"113100": "Basic Application Confidentiality Profile",
+         "113107": "Retain Longitudinal Temporal Information Modified Dates Option"}
+
+
+# (file, config, PatientIdentityRemoved, method codes, words in DeidentificationMethod), worked
+# out from PS3.15 E.1.1 by hand: only a complete Basic Profile is claimed, options only as used.
+CLAIM_CASES = [
+    ("CT_small.dcm", {}, "YES", ["113100", "113107"], ["Basic Profile", "dates shifted"]),
+    ("CT_small.dcm", {"shift_dates": False}, "YES", ["113100"], ["dates removed"]),
+    ("CT_small.dcm", {"allow_burned_in": True}, "YES", ["113100", "113107"], ["keyed UIDs"]),
+    ("CT_small.dcm", {"keep_private": True}, "NO", [], ["NOT complete", "private tags kept"]),
+    ("ExplVR_BigEnd.dcm", {"allow_burned_in": True}, "NO", [],
+     ["NOT complete", "burned-in text", "dates shifted"]),
+    ("ExplVR_BigEnd.dcm", {"allow_burned_in": True, "keep_private": True,
+                           "shift_dates": False}, "NO", [],
+     ["private tags kept", "burned-in text", "dates removed"]),
+]
+
+
+@pytest.mark.parametrize(("name", "options", "removed", "codes", "words"), CLAIM_CASES)
+def test_the_output_claims_only_what_was_done(name, options, removed, codes, words):
+    ds = corpus(name)
+    ds.PatientIdentityRemoved = "YES"  # an earlier, complete de-identification's claims
+    ds.DeidentificationMethodCodeSequence = [Dataset()]
+    ds.DeidentificationMethodCodeSequence[0].CodeValue = "113100"
+    out = deidentify(ds, DeidConfig(KEY, **options))
+    assert out.PatientIdentityRemoved == removed
+    found = out.get("DeidentificationMethodCodeSequence") or []
+    assert [(c.CodeValue, c.CodingSchemeDesignator, c.CodeMeaning) for c in found] == [
+        (code, "DCM", CODES[code]) for code in codes]
+    values = out.DeidentificationMethod
+    values = [values] if isinstance(values, str) else list(values)
+    assert all(word in "; ".join(values) for word in words), values
+    assert all(len(value) <= 64 for value in values)  # LO
+    shifted = options.get("shift_dates", True)
+    assert out.LongitudinalTemporalInformationModified == ("MODIFIED" if shifted else "REMOVED")
+
+
+def test_the_tree_report_counts_what_was_let_through(tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    corpus("CT_small.dcm").save_as(folder / "ct.dcm")
+    corpus("CT_small.dcm", BurnedInAnnotation="YES", SOPInstanceUID="1.2.3.4.5").save_as(
+        folder / "burned.dcm")
+    corpus("ExplVR_BigEnd.dcm").save_as(folder / "us.dcm")
+    corpus("SC_rgb_rle.dcm").save_as(folder / "sc.dcm")
+    with pytest.raises(BurnedInAnnotationError):
+        deidentify_tree(folder, tmp_path / "out", DeidConfig(KEY))
+    report = deidentify_tree(folder, tmp_path / "out", DeidConfig(KEY, allow_burned_in=True))
+    assert (report.files_written, report.burned_in_allowed, report.possibly_burned_in_allowed,
+            report.identity_not_removed) == (4, 1, 2, 3)
+    flags = sorted(str(s.dataset.PatientIdentityRemoved) for s in iter_dicom(tmp_path / "out"))
+    assert flags == ["NO", "NO", "NO", "YES"]

@@ -12,6 +12,8 @@ import pytest
 
 from domainvlm.medical.io import iter_dicom
 
+CLI_KEY = "cli-key-Hd4Rw8Nq2Zm7Lx3Vb9Tk6PyQs"
+
 
 def cli(*args: object, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "domainvlm.cli", "dicom", *map(str, args)],
@@ -67,7 +69,7 @@ def test_render_refuses_several_series(cohort, tmp_path):
 
 
 def test_deid_then_build_vqa(cohort, tmp_path):
-    env = {"DOMAINVLM_PROJECT_KEY": "cli-key"}
+    env = {"DOMAINVLM_PROJECT_KEY": CLI_KEY}
     result = cli("deid", cohort, tmp_path / "clean", env=env)
     assert result.returncode == 0, result.stderr
     assert "24 files, 3 series, 3 studies, 3 patients" in result.stdout
@@ -83,12 +85,22 @@ def test_deid_then_build_vqa(cohort, tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (("deid", "{cohort}", "{tmp}/o"), "Missing option '--project-key'"),
-    (("deid", "{tmp}/nothing", "{tmp}/o", "--project-key", "k"), "no such file or folder"),
+    (("deid", "{cohort}", "{tmp}/o"), "no project key: make one with `domainvlm dicom keygen"),
+    (("deid", "{cohort}", "{tmp}/o", "--project-key", "change-me"), "well-known example value"),
+    (("deid", "{cohort}", "{tmp}/o", "--project-key", "password"), "well-known example value"),
+    (("deid", "{cohort}", "{tmp}/o", "--project-key", "domainvlm-demo"),
+     "--project-key is a well-known"),
+    (("build-vqa", "{cohort}", "{cohort}/labels.jsonl", "{tmp}/o", "--project-key",
+      "hospital-2026-study"), "19 characters long, too short"),
+    (("deid", "{cohort}", "{tmp}/o", "--project-key", CLI_KEY, "--project-key-file",
+      "{tmp}/k"), "not both"),
+    (("deid", "{cohort}", "{tmp}/o", "--project-key-file", "{tmp}/missing.key"),
+     "missing.key: cannot be read"),
+    (("deid", "{tmp}/nothing", "{tmp}/o", "--project-key", CLI_KEY), "no such file or folder"),
     (("info", "{tmp}"), "no DICOM files found"),
-    (("build-vqa", "{cohort}", "{cohort}/labels.jsonl", "{tmp}/o", "--project-key", "k",
+    (("build-vqa", "{cohort}", "{cohort}/labels.jsonl", "{tmp}/o", "--project-key", CLI_KEY,
       "--window", "sunset"), "unknown window preset"),
-    (("build-vqa", "{cohort}", "{cohort}/labels.jsonl", "{tmp}/o", "--project-key", "k",
+    (("build-vqa", "{cohort}", "{cohort}/labels.jsonl", "{tmp}/o", "--project-key", CLI_KEY,
       "--split", "0.5,0.5"), "give three fractions"),
 ])
 def test_bad_input_is_one_line_and_exit_2(cohort, tmp_path, args, message):
@@ -106,3 +118,54 @@ def test_import_vqa_command(tmp_path):
     result = cli("import-vqa", tmp_path / "rad.json", tmp_path / "out", "--split", "0.5,0,0.5")
     assert result.returncode == 0, result.stderr
     assert "train: 5 questions" in result.stdout and "test: 5 questions" in result.stdout
+
+
+def test_keygen_key_file_works_and_is_never_overwritten(cohort, tmp_path):
+    import stat
+
+    key_file = tmp_path / "keys" / "project.key"
+    result = cli("keygen", key_file)
+    assert result.returncode == 0, result.stderr
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    key = key_file.read_text().strip()
+    assert len(key) >= 32 and key not in result.stdout + result.stderr  # never printed
+    before = key_file.read_bytes()
+    again = cli("keygen", key_file)
+    assert again.returncode == 2 and "already exists" in again.stderr
+    assert key_file.read_bytes() == before
+    assert len(list(key_file.parent.iterdir())) == 1  # no temporary file left behind
+    labels = tmp_path / "labels.csv"
+    rows = [json.loads(x) for x in (cohort / "labels.jsonl").read_text().splitlines()][:4]
+    labels.write_text("series_uid,question,answer,mrn,report\n" + "".join(
+        f"{r['series_uid']},{r['question']},{r['answer']},MRN-{k}-8899,Seen by Dr Quux\n"
+        for k, r in enumerate(rows)))
+    result = cli("build-vqa", cohort, labels, tmp_path / "vqa", "--split", "1,0,0",
+                 "--keep-column", "mrn", env={"DOMAINVLM_PROJECT_KEY_FILE": str(key_file)})
+    assert result.returncode == 0, result.stderr
+    assert "left out of the records (they may hold patient data): report" in result.stdout
+    assert "kept by --keep-column (your responsibility): mrn" in result.stdout
+    text = (tmp_path / "vqa" / "train.jsonl").read_text()
+    assert "MRN-0-8899" in text and "Quux" not in text
+    key_file.chmod(0o644)
+    result = cli("deid", cohort, tmp_path / "clean", "--project-key-file", key_file)
+    assert result.returncode == 2 and "chmod 600" in result.stderr
+    assert key not in result.stderr
+
+
+def test_deid_refuses_ultrasound_without_the_tag_and_reports_what_it_let_through(tmp_path):
+    import shutil
+
+    from pydicom.data import get_testdata_file
+
+    folder = tmp_path / "us"
+    folder.mkdir()
+    shutil.copy(get_testdata_file("ExplVR_BigEnd.dcm"), folder / "us.dcm")
+    shutil.copy(get_testdata_file("CT_small.dcm"), folder / "ct.dcm")
+    env = {"DOMAINVLM_PROJECT_KEY": CLI_KEY}
+    result = cli("deid", folder, tmp_path / "out", env=env)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "us.dcm: Ultrasound Image without BurnedInAnnotation" in result.stderr
+    result = cli("deid", folder, tmp_path / "out", "--allow-burned-in", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "0 marked BurnedInAnnotation=YES, 1 of a kind that often shows text" in result.stdout
+    assert "1 files say PatientIdentityRemoved=NO" in result.stdout

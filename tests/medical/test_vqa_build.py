@@ -18,7 +18,7 @@ from domainvlm.medical.sources import folder_fetcher
 from domainvlm.medical.splits import split_patients
 from domainvlm.medical.vqa import ViewSpec, build_vqa
 
-KEY = "test-project-key"
+KEY = "test-project-key-Vb7Nq2Lm9Xr4Tk8Wz3Pc"
 
 
 @pytest.fixture(scope="module")
@@ -295,3 +295,67 @@ def test_resized_views_keep_tiles_and_pixel_size_true(cohort):
         # the same point of the scan, looked up in each image, names the same slices
         centre = ((little[0] + little[2]) // 2, (little[1] + little[3]) // 2)
         assert small.slices_at(*centre) == full.slices_at(2 * centre[0], 2 * centre[1])
+
+
+# --- label columns that must not travel -------------------------------------------------------
+MRN, REPORT = "MRN-5566778899", "Report: Mr Quxworth, 42 Wallaby Way, seen by Dr Drummond."
+
+
+def phi_labels(cohort: Path, folder: Path, suffix: str) -> Path:
+    """Two rows per series of two patients, with an MRN, a report and the known columns."""
+    patients = read_ground_truth(cohort).patients[:2]
+    rows = [{"series_uid": p.series_uid, "question": q, "answer": "no", "mrn": f"{MRN}{k}",
+             "report": REPORT, "category": "presence", "repeat": 2}
+            for k, p in enumerate(patients) for q in ("Is there a lung nodule?", "Any mass?")]
+    path = folder / f"labels{suffix}"
+    if suffix == ".csv":
+        import csv
+
+        with path.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    else:
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def every_byte(folder: Path) -> bytes:
+    return b"".join(p.read_bytes() for p in folder.rglob("*") if p.is_file()) + "".join(
+        str(p) for p in folder.rglob("*")).encode()
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+@pytest.mark.parametrize("keep", [(), ("mrn",)])
+def test_unknown_label_columns_never_reach_the_output(cohort, tmp_path, suffix, keep):
+    labels = phi_labels(cohort, tmp_path, suffix)
+    out = tmp_path / "out"
+    report = build_vqa(folder_fetcher(cohort), labels, out, deid=DeidConfig(project_key=KEY),
+                       views=ViewSpec(count=2), fractions={"train": 1.0}, keep_columns=keep)
+    blob = every_byte(out)
+    assert REPORT.encode() not in blob and b"Quxworth" not in blob
+    assert (MRN.encode() in blob) == bool(keep)
+    rows = records_of(out / "train.jsonl")
+    assert len(rows) == 4 and all(r["category"] == "presence" and r["repeat"] == 2 for r in rows)
+    assert {tuple(sorted(set(r) & {"mrn", "report"})) for r in rows} == {keep}
+    build = json.loads((out / "build.json").read_text())
+    expected = ["report"] if keep else ["mrn", "report"]
+    assert build["dropped_columns"] == report.dropped_columns == expected
+    assert build["kept_columns"] == list(keep)
+
+
+def test_keeping_a_column_that_is_not_there_is_refused(cohort, tmp_path):
+    labels = phi_labels(cohort, tmp_path, ".csv")
+    with pytest.raises(ConfigError,
+                       match=r"--keep-column MRN: no such column .*category, mrn, repeat, report"):
+        build_vqa(folder_fetcher(cohort), labels, tmp_path / "out",
+                  deid=DeidConfig(project_key=KEY), keep_columns=["MRN"])
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("cell", ["0", "two", "1.5"])
+def test_a_csv_repeat_must_be_a_whole_number(tmp_path, cell):
+    path = tmp_path / "labels.csv"
+    path.write_text(f"series_uid,question,answer,repeat\n1.2,q?,a,{cell}\n")
+    with pytest.raises(DataError, match=r"labels.csv:2: repeat must be a whole number"):
+        read_labels(path)

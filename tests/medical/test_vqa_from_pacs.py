@@ -21,7 +21,7 @@ def test_build_from_pacs_matches_build_from_folder(tmp_path):
     # One row keyed by study only: the fetcher must find the study's series by QIDO.
     study_only = {**rows[0], "series_uid": None}
     labels.write_text(labels.read_text() + json.dumps(study_only) + "\n")
-    deid = DeidConfig(project_key="pacs-test")
+    deid = DeidConfig(project_key="pacs-test-Gq7Wm3Zx9Lr2Nv8Tk4BdYh")
     views = ViewSpec(count=4)
     build_vqa(folder_fetcher(tmp_path / "cohort"), labels, tmp_path / "from-files",
               deid=deid, views=views)
