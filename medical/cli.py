@@ -35,26 +35,54 @@ def info_command(
     from domainvlm.medical.errors import DicomError
     from domainvlm.medical.io import iter_dicom
 
-    series: dict[str, list] = defaultdict(list)
-    for source in iter_dicom(path, stop_before_pixels=True):
-        series[str(source.dataset.get("SeriesInstanceUID", "?"))].append(source.dataset)
-    if not series:
+    unreadable: list[str] = []
+    series: dict[str, list[tuple[str, ...]]] = defaultdict(list)
+    for source in iter_dicom(path, stop_before_pixels=True, unreadable=unreadable):
+        try:
+            row = _info_row(source.dataset)
+        except (ValueError, TypeError, AttributeError, KeyError) as err:
+            unreadable.append(f"{source.name}: malformed image attributes "
+                              f"({type(err).__name__})")
+            continue
+        series[str(source.dataset.get("SeriesInstanceUID", "?"))].append(row)
+    if not series and not unreadable:
         raise DicomError(f"{path}: no DICOM files found")
     table = Table(title=f"{sum(map(len, series.values()))} DICOM objects in {len(series)} series")
     for column in ("#", "modality", "instances", "frames", "rows x cols", "pixel spacing",
                    "slice thickness", "transfer syntax"):
         table.add_column(column)
-    for number, datasets in enumerate(series.values(), 1):
-        first = datasets[0]
-        syntax = getattr(getattr(first, "file_meta", None), "TransferSyntaxUID", None)
-        frames = sum(int(d.get("NumberOfFrames", 1) or 1) for d in datasets)
-        spacing = first.get("PixelSpacing")
-        table.add_row(str(number), str(first.get("Modality", "?")), str(len(datasets)),
-                      str(frames), f"{first.get('Rows', '?')} x {first.get('Columns', '?')}",
-                      " x ".join(f"{float(v):g}" for v in spacing) if spacing else "-",
-                      f"{float(first.SliceThickness):g}" if first.get("SliceThickness") else "-",
-                      getattr(syntax, "name", str(syntax)))
-    Console().print(table)
+    for number, rows in enumerate(series.values(), 1):
+        modality, frames, size, spacing, thickness, syntax = rows[0]
+        table.add_row(str(number), modality, str(len(rows)),
+                      str(sum(int(row[1]) for row in rows)), size, spacing, thickness, syntax)
+    if series:
+        Console().print(table)
+    _report_skipped(unreadable, "could not be read")
+
+
+def _info_row(ds) -> tuple[str, ...]:
+    """(modality, frames, rows x cols, spacing, thickness, syntax) of one object; ValueError and
+    the like when an attribute is malformed."""
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    spacing = ds.get("PixelSpacing")
+    return (str(ds.get("Modality", "?")), str(int(ds.get("NumberOfFrames", 1) or 1)),
+            f"{ds.get('Rows', '?')} x {ds.get('Columns', '?')}",
+            " x ".join(f"{float(v):g}" for v in spacing) if spacing else "-",
+            f"{float(ds.SliceThickness):g}" if ds.get("SliceThickness") else "-",
+            getattr(syntax, "name", str(syntax)))
+
+
+def _report_skipped(skipped: list[str], what: str) -> None:
+    """List the inputs passed over on stderr and end with exit code 1 (done, but not all)."""
+    if not skipped:
+        return
+    typer.echo(f"{len(skipped)} file{'s' if len(skipped) > 1 else ''} {what}, skipped:",
+               err=True)
+    for line in skipped[:20]:
+        typer.echo(f"  {line}", err=True)
+    if len(skipped) > 20:
+        typer.echo(f"  ... and {len(skipped) - 20} more", err=True)
+    raise typer.Exit(1)
 
 
 KeyOption = Annotated[str | None, typer.Option(
@@ -131,6 +159,7 @@ def deid_command(
                    f"{report.possibly_burned_in_allowed} of a kind that often shows text "
                    f"(ultrasound, secondary capture, photos, documents) without the tag; "
                    f"{report.identity_not_removed} files say PatientIdentityRemoved=NO")
+    _report_skipped(report.skipped, "could not be read or de-identified")
 
 
 @app.command("synth")
@@ -197,13 +226,14 @@ def build_vqa_command(
     deid = _deid_config(project_key, project_key_file, remove_dates, allow_burned_in)
     views = ViewSpec(strategy=strategy, count=count, plane=plane, window=window,
                      image_size=image_size or None, layout=layout)
+    unreadable: list[str] = []
     if source.startswith(("http://", "https://")):
         from domainvlm.medical.pacs import PacsClient
 
         fetch = pacs_fetcher(PacsClient(source))
     else:
         with _progress("indexing DICOM") as advance:
-            fetch = folder_fetcher(Path(source), progress=advance)
+            fetch = folder_fetcher(Path(source), progress=advance, unreadable=unreadable)
     with _progress("building VQA data") as advance:
         report = build_vqa(fetch, labels, output,
                            deid=deid, views=views,
@@ -218,6 +248,7 @@ def build_vqa_command(
     if report.kept_columns:
         typer.echo(f"label columns kept by --keep-column (your responsibility): "
                    f"{', '.join(report.kept_columns)}")
+    _report_skipped(unreadable, "could not be read")
 
 
 @app.command("import-vqa")

@@ -98,7 +98,8 @@ class DeidConfig:
 
 @dataclass
 class DeidReport:
-    """What deidentify_tree did, in counts only: nothing from a patient or a file name."""
+    """What deidentify_tree did, in counts only (nothing from a patient), and the files it
+    could not read or de-identify (`skipped`: "name: why", names as the input has them)."""
 
     output: str
     files_written: int = 0
@@ -112,6 +113,7 @@ class DeidReport:
     dates: str = "shifted"
     table: str = ""
     sweep: dict[str, int] = field(default_factory=dict)  # what the final sweep removed
+    skipped: list[str] = field(default_factory=list)
 
 
 def _digest(key: str, kind: str, value: str) -> bytes:
@@ -371,14 +373,20 @@ def deidentify_tree(src: Path, dst: Path, config: DeidConfig,
     """
     src, dst = Path(src), Path(dst)
     if src.is_dir() and dst.resolve().is_relative_to(src.resolve()):
-        raise ValueError(f"{dst}: the output folder is inside the input {src}; "
+        raise ConfigError(f"{dst}: the output folder is inside the input {src}; "
                          "write it somewhere else")
     report = DeidReport(output=str(dst), dates="shifted" if config.shift_dates else "removed",
                         table=_table()[0])
     studies, series, patients, fixes = set(), set(), set(), Counter()
     with new_folder(dst) as partial:
-        for source in iter_dicom(src):
-            out, found = _deidentify(source.dataset, config, source.name)
+        for source in iter_dicom(src, unreadable=report.skipped):
+            try:
+                out, found = _deidentify(source.dataset, config, source.name)
+            except (BurnedInAnnotationError, ConfigError):
+                raise  # a decision for the user, not a broken file
+            except (DicomError, *_MALFORMED) as err:
+                report.skipped.append(_why(source.name, err))
+                continue
             fixes.update(found)
             folder = partial / _safe(out.get("StudyInstanceUID"), "no-study") / _safe(
                 out.get("SeriesInstanceUID"), "no-series")
@@ -388,7 +396,12 @@ def deidentify_tree(src: Path, dst: Path, config: DeidConfig,
                 report.duplicates_skipped += 1
                 continue
             folder.mkdir(parents=True, exist_ok=True)
-            out.save_as(path, enforce_file_format=True)
+            try:
+                out.save_as(path, enforce_file_format=True)
+            except _MALFORMED as err:
+                path.unlink(missing_ok=True)
+                report.skipped.append(_why(source.name, err))
+                continue
             report.files_written += 1
             burned_in = burned_in_reason(source.dataset)  # only reached when allowed
             report.burned_in_allowed += burned_in == "BurnedInAnnotation is YES"
@@ -405,6 +418,19 @@ def deidentify_tree(src: Path, dst: Path, config: DeidConfig,
     report.studies, report.series, report.patients = len(studies), len(series), len(patients)
     report.sweep = dict(sorted(fixes.items()))
     return report
+
+
+# What pydicom raises for values it cannot parse or write (a broken file, not a bug of ours).
+_MALFORMED = (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError,
+              NotImplementedError, EOFError)
+
+
+def _why(name: str, err: Exception) -> str:
+    """"name: why" for a skipped file. Our own messages name no patient attribute; a library's
+    may quote a value (a date, a name), so only its type is given."""
+    if isinstance(err, DicomError):
+        return str(err)
+    return f"{name}: cannot be de-identified ({type(err).__name__} in its attributes)"
 
 
 def _safe(uid: Any, fallback: str) -> str:

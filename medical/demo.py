@@ -105,8 +105,8 @@ def run_demo(cfg: DemoConfig, reporter: Reporter | None = None) -> DemoResult:
     out = Path(cfg.output)
     check_folder(out, "demo", inputs=[cfg.model], overwrite=cfg.overwrite,
                  made_by_us=_earlier_demo)
-    claim_folder(out, "demo", overwrite=cfg.overwrite)
     try:
+        claim_folder(out, "demo", overwrite=cfg.overwrite)
         return _stages(cfg, out, reporter or Reporter())
     except BaseException:
         shutil.rmtree(out, ignore_errors=True)

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from domainvlm.medical.archives import ArchiveLimits, zip_members
-from domainvlm.medical.errors import DicomDecodeError, DicomError, NotDicomError
+from domainvlm.medical.errors import ArchiveLimitError, DicomDecodeError, DicomError, NotDicomError
 
 MAX_DECODED_BYTES = 4 * 2**30  # float32 output; a larger object is refused, not swapped to death
 
@@ -89,8 +89,8 @@ def read_dataset(data: Path | bytes, name: str, *, stop_before_pixels: bool = Fa
         pass
     except OSError as err:
         raise DicomError(f"{name}: cannot be read ({err.strerror or err})") from None
-    except _PARSE_ERRORS as err:
-        raise NotDicomError(f"{name}: unreadable DICOM ({_detail(err)})") from None
+    except _PARSE_ERRORS as err:  # a DICOM header, then a broken data set: worth reporting
+        raise DicomError(f"{name}: unreadable DICOM ({_detail(err)})") from None
     try:
         ds = pydicom.dcmread(source(), stop_before_pixels=stop_before_pixels, force=True)
         sop_class = str(ds.get("SOPClassUID", ""))
@@ -103,13 +103,16 @@ def read_dataset(data: Path | bytes, name: str, *, stop_before_pixels: bool = Fa
 
 def iter_dicom(path: Path, *, stop_before_pixels: bool = False,
                skip_non_dicom: bool = True,
-               limits: ArchiveLimits | None = None) -> Iterator[DicomSource]:
+               limits: ArchiveLimits | None = None,
+               unreadable: list[str] | None = None) -> Iterator[DicomSource]:
     """Every DICOM data set under `path`: a file, a folder (recursive, sorted) or a .zip.
 
     Non-DICOM files in folders and archives are skipped (DICOMDIR indexes too) unless
     `skip_non_dicom` is False; a single named file that is not DICOM always raises. Zip
     members are streamed within `limits` (default `ArchiveLimits.from_env()`, see
     `domainvlm.medical.archives`): ArchiveLimitError names the archive, member and limit.
+    Given a list `unreadable`, a member of a folder or archive that is DICOM but cannot be read
+    is recorded there ("name: why") and passed over, so one broken file does not stop the rest.
     """
     path = Path(path)
     if not path.exists():
@@ -125,6 +128,11 @@ def iter_dicom(path: Path, *, stop_before_pixels: bool = False,
             if skip_non_dicom:
                 continue
             raise
+        except DicomError as err:
+            if unreadable is None or isinstance(err, ArchiveLimitError):
+                raise
+            unreadable.append(str(err))
+            continue
         if "DirectoryRecordSequence" in ds:  # a DICOMDIR index, not an image
             continue
         yield DicomSource(name, ds)

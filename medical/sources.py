@@ -16,14 +16,15 @@ from domainvlm.medical.io import DicomSource
 SeriesFetcher = Callable[[str | None, str | None], list[DicomSource]]
 
 
-def folder_fetcher(source: Path, progress: Callable[[int], None] | None = None
-                   ) -> SeriesFetcher:
-    """Index every DICOM object under `source` (folder, zip, file) by study and series UID."""
+def folder_fetcher(source: Path, progress: Callable[[int], None] | None = None,
+                   unreadable: list[str] | None = None) -> SeriesFetcher:
+    """Index every DICOM object under `source` (folder, zip, file) by study and series UID;
+    with a list `unreadable`, broken files are recorded there and passed over."""
     from domainvlm.medical.io import iter_dicom
 
     series: dict[str, list[DicomSource]] = defaultdict(list)
     study_of: dict[str, str] = {}
-    for item in iter_dicom(Path(source)):
+    for item in iter_dicom(Path(source), unreadable=unreadable):
         uid = str(item.dataset.get("SeriesInstanceUID", ""))
         series[uid].append(item)
         study_of[uid] = str(item.dataset.get("StudyInstanceUID", ""))

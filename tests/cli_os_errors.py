@@ -41,10 +41,10 @@ def prepare(root: Path) -> dict[str, Path]:
 def left_behind(place: Path, command: str) -> list[str]:
     if not place.is_dir():
         return []
-    found = [p for p in place.rglob("*") if p.name != "filler"]
+    found = [p for p in place.rglob("*") if p.name != "filler"
+             and not (p.is_dir() and not any(p.iterdir()))]  # an empty folder holds nothing
     hidden = [p for p in found if p.name.startswith(".") and p.name != ".domainvlm-output.json"]
-    return sorted(str(p.relative_to(place)) for p in (hidden if command == "finetune" else
-                                                      [p for p in found if p.parent == place]))
+    return sorted(str(p.relative_to(place)) for p in (hidden if command == "finetune" else found))
 
 
 def main() -> None:

@@ -80,6 +80,7 @@ def world(tiny_models, shapes_data, tmp_path_factory) -> dict[str, Path]:
     rad.write_text(json.dumps([{"image_name": f"synpic{i}.jpg", "question": "Is there a mass?",
                                 "answer": "no", "answer_type": "CLOSED"} for i in range(4)]))
     return {"model": model, "adapter": adapter, "data": shapes_data["train"],
+            "held_out": shapes_data["eval"],
             "cohort": root / "cohort", "series": root / "cohort" / "patient-0000",
             "labels": labels, "rad": rad, "cache": root / "cache"}
 
@@ -90,7 +91,7 @@ WRITERS = {
     "finetune": (["finetune", "--model", "{model}", "--data", "{data}", "--output", "{out}",
                   "--max-steps", "1", "--cache-dir", "{cache}"], True),
     "eval": (["eval", "--model", "{adapter}", "--data", "{data}", "--output", "{out}"], True),
-    "probe": (["probe", "--model", "{model}", "--train", "{data}", "--test", "{data}",
+    "probe": (["probe", "--model", "{model}", "--train", "{data}", "--test", "{held_out}",
                "--output", "{out}/probe.json"], True),
     "merge": (["merge", "--adapter", "{adapter}", "--output", "{out}"], True),
     "tiny-model": (["tiny-model", "--family", "llava", "--output", "{out}"], True),

@@ -18,7 +18,7 @@ from domainvlm.evaluation.metrics import (
     text_generation_metrics,
     vqa_accuracy,
 )
-from domainvlm.outputs import check_folder, new_output
+from domainvlm.outputs import new_output
 from domainvlm.progress import Reporter
 from domainvlm.train.run_dir import write_json_atomic
 
@@ -56,18 +56,16 @@ def evaluate(model: str, data: str, output: Path, *, base: str | None = None,
     OUTPUT is new or empty, or (`overwrite`) holds an earlier evaluation, replaced once the new
     one is complete."""
     reporter = reporter or Reporter()
-    check_folder(output, "eval", inputs=[model, data, base], overwrite=overwrite,
-                 made_by_us=_earlier_evaluation)
-    records = load_records(data)
-    loaded = load_with_adapter(model, base=base)
-    fmt = PromptFormat.from_processor(loaded.processor, loaded.family)
-    with reporter.task("answering", total=len(records)) as advance:
-        predictions = generate_answers(loaded.model, fmt, records, batch_size=batch_size,
-                                       max_new_tokens=max_new_tokens, progress=advance)
-    metrics = {"model": model, "data": str(data), "n": len(records),
-               **score(records, predictions)}
     with new_output(output, "eval", inputs=[model, data, base], overwrite=overwrite,
-                    made_by_us=_earlier_evaluation) as partial:
+                    made_by_us=_earlier_evaluation) as partial:  # fails fast where unwritable
+        records = load_records(data)
+        loaded = load_with_adapter(model, base=base)
+        fmt = PromptFormat.from_processor(loaded.processor, loaded.family)
+        with reporter.task("answering", total=len(records)) as advance:
+            predictions = generate_answers(loaded.model, fmt, records, batch_size=batch_size,
+                                           max_new_tokens=max_new_tokens, progress=advance)
+        metrics = {"model": model, "data": str(data), "n": len(records),
+                   **score(records, predictions)}
         _write_predictions(partial / "predictions.jsonl", records, predictions)
         write_json_atomic(partial / "metrics.json", metrics)
     return metrics

@@ -17,9 +17,13 @@ RUN_FILE = "run.json"
 
 def write_json_atomic(path: Path, data: Any) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump(data, handle, indent=2)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(data, handle, indent=2)
+        os.replace(tmp, path)
+    except BaseException:  # a full disk, say: no temp file left behind
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def read_run(output: Path) -> dict[str, Any] | None:

@@ -169,3 +169,74 @@ def test_deid_refuses_ultrasound_without_the_tag_and_reports_what_it_let_through
     assert result.returncode == 0, result.stderr
     assert "0 marked BurnedInAnnotation=YES, 1 of a kind that often shows text" in result.stdout
     assert "1 files say PatientIdentityRemoved=NO" in result.stdout
+
+
+@pytest.fixture
+def mixed_folder(tmp_path) -> Path:
+    """Two good CT files, one that ends inside a sequence item, one with a malformed
+    attribute."""
+    import struct
+
+    from pydicom.data import get_testdata_file
+
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    good = Path(get_testdata_file("CT_small.dcm")).read_bytes()
+    (folder / "a-good.dcm").write_bytes(good)
+    syntax = b"1.2.840.10008.1.2.1\0"  # meta group, then a sequence cut off inside an item
+    (folder / "b-truncated.dcm").write_bytes(
+        b"\0" * 128 + b"DICM" + struct.pack("<HH2sHI", 2, 0, b"UL", 4, 28)
+        + struct.pack("<HH2sH", 2, 0x10, b"UI", len(syntax)) + syntax
+        + struct.pack("<HH2sHI", 8, 0x1140, b"SQ", 0, 0xFFFFFFFF) + b"\xfe\xff\x00\xe0"
+        + b"\xff\xff\xff\xff" + b"\x08\x00\x50\x11UI\x40\x00")
+    (folder / "c-badvr.dcm").write_bytes(Path(get_testdata_file("badVR.dcm")).read_bytes())
+    import pydicom
+
+    second = pydicom.dcmread(folder / "a-good.dcm")
+    second.SOPInstanceUID = second.SOPInstanceUID + ".2"
+    second.SeriesInstanceUID = second.SeriesInstanceUID + ".2"  # a series of its own
+    second.save_as(folder / "d-good.dcm")
+    return folder
+
+
+@pytest.mark.parametrize("command", ["info", "deid", "build-vqa"])
+def test_broken_files_in_a_folder_are_listed_and_the_rest_processed(command, mixed_folder,
+                                                                     tmp_path):
+    """One broken file no longer aborts the folder: the good ones are processed, the bad ones
+    listed on stderr, and the exit code (1) says that not all went through."""
+    import pydicom
+
+    key = {"DOMAINVLM_PROJECT_KEY": CLI_KEY}
+    if command == "info":
+        result = cli("info", mixed_folder)
+    elif command == "deid":
+        result = cli("deid", mixed_folder, tmp_path / "clean", env=key)
+    else:
+        study = pydicom.dcmread(mixed_folder / "a-good.dcm").StudyInstanceUID
+        labels = tmp_path / "labels.jsonl"
+        labels.write_text(json.dumps({"study_uid": study, "question": "Is there a nodule?",
+                                      "answer": "no"}) + "\n")
+        result = cli("build-vqa", mixed_folder, labels, tmp_path / "vqa", "--strategy",
+                     "slices", "--count", "1", "--split", "1,0,0", env=key)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    listed = result.stderr.split("skipped:", 1)[1]
+    assert "b-truncated.dcm" in listed and "a-good.dcm" not in listed
+    assert "d-good.dcm" not in listed
+    if command == "info":
+        assert "2 DICOM objects in 2 series" in result.stdout and "c-badvr.dcm" in listed
+    elif command == "deid":
+        assert len(list((tmp_path / "clean").rglob("*.dcm"))) == 3  # the two CTs and badVR
+    else:
+        assert "train: 1 questions" in result.stdout
+
+
+def test_info_reads_pydicoms_whole_test_folder():
+    """pydicom's own corpus (broken files included) gives a table and a list, never a
+    traceback."""
+    from pydicom.data import get_testdata_file
+
+    result = cli("info", Path(get_testdata_file("CT_small.dcm")).parent)
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr and "DICOM objects in" in result.stdout
+    assert "badVR.dcm: malformed image attributes" in result.stderr
