@@ -141,13 +141,19 @@ def test_merge_into_a_non_empty_folder_needs_overwrite(trained, family, tmp_path
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
-def test_overwrite_replaces_the_folder(tiny_models, trained, tmp_path):
+def test_overwrite_replaces_an_earlier_merge_only(tiny_models, trained, tmp_path):
     output = tmp_path / "out"
-    output.mkdir()
-    (output / "keep.txt").write_text("mine")
+    merge_adapter(trained("llava"), output)
+    (output / "stale.txt").write_text("left by the earlier merge's folder")
     merge_adapter(trained("llava"), output, overwrite=True)
-    assert not (output / "keep.txt").exists()
+    assert not (output / "stale.txt").exists()
     assert AutoModelForImageTextToText.from_pretrained(output) is not None
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "keep.txt").write_text("mine")
+    with pytest.raises(OutputExistsError, match="did not write"):
+        merge_adapter(trained("llava"), mine, overwrite=True)
+    assert (mine / "keep.txt").read_text() == "mine"
 
 
 NOT_ADAPTERS = [(family, "base model") for family in ALL_FAMILIES] + [
