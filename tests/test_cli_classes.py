@@ -85,14 +85,14 @@ def world(tiny_models, shapes_data, tmp_path_factory) -> dict[str, Path]:
             "labels": labels, "rad": rad, "cache": root / "cache"}
 
 
-# Command -> arguments that write OUTPUT (a folder; "{out}/x" for commands that write a file),
-# and whether it has --overwrite.
+# Command -> arguments that write OUTPUT (a folder; "{out}/file.out" for commands that write a
+# file), and whether it has --overwrite.
 WRITERS = {
     "finetune": (["finetune", "--model", "{model}", "--data", "{data}", "--output", "{out}",
                   "--max-steps", "1", "--cache-dir", "{cache}"], True),
     "eval": (["eval", "--model", "{adapter}", "--data", "{data}", "--output", "{out}"], True),
     "probe": (["probe", "--model", "{model}", "--train", "{data}", "--test", "{held_out}",
-               "--output", "{out}/probe.json"], True),
+               "--output", "{out}/file.out"], True),
     "merge": (["merge", "--adapter", "{adapter}", "--output", "{out}"], True),
     "tiny-model": (["tiny-model", "--family", "llava", "--output", "{out}"], True),
     "synth-data": (["synth-data", "--output", "{out}", "--images", "4"], True),
@@ -103,7 +103,8 @@ WRITERS = {
     "dicom build-vqa": (["dicom", "build-vqa", "{cohort}", "{labels}", "{out}",
                          "--project-key", KEY], False),
     "dicom import-vqa": (["dicom", "import-vqa", "{rad}", "{out}"], False),
-    "dicom render": (["dicom", "render", "{series}", "{out}/view.png"], True),
+    "dicom render": (["dicom", "render", "{series}", "{out}/file.out"], True),
+    "dicom keygen": (["dicom", "keygen", "{out}/file.out"], False),
 }
 READERS = {"info", "nano path", "dicom info"}  # commands that write nothing
 CACHE_WRITERS = {"nano pretrain"}  # writes only into domainvlm's own cache
@@ -130,8 +131,7 @@ def test_a_folder_of_the_users_is_never_replaced(command, world, tmp_path, capsy
     out = tmp_path / "mine"
     out.mkdir()
     (out / "notes.txt").write_text("the user's own file")
-    (out / "probe.json").write_text("{}")  # for commands that write a file: it exists too
-    (out / "view.png").write_bytes(b"not ours")
+    (out / "file.out").write_text("the user's file")  # what a file-writing command targets
     before = snapshot(out)
     # --overwrite names one file for a file output (the user's explicit consent), but a whole
     # folder for a folder output: only our own earlier output may go.
@@ -169,7 +169,7 @@ def test_overwrite_never_touches_the_commands_own_input(command, world, tmp_path
     if command == "dicom render":  # render a single file onto itself
         single = Path(_copy(next(world["series"].glob("*.dcm")), tmp_path / "in"))
         args[args.index(str(world["series"]))] = str(single)
-        args[args.index(f"{out}/view.png")] = str(single)
+        args[args.index(f"{out}/file.out")] = str(single)
     # A later option wins in typer: the extra arguments replace the defaults above.
     guarded = [p for p in (out, tmp_path / "in", world["adapter"].parent,
                            Path(world["data"])) if p.exists()]
