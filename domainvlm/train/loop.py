@@ -31,6 +31,7 @@ from domainvlm.train.lora import (
     COMPONENT_NAMES,
     apply_lora,
     freeze_components,
+    may_leave_trainables_unused,
     parameter_report,
     part_of,
     train_mode,
@@ -68,9 +69,9 @@ def finetune(cfg: FinetuneConfig, reporter: Reporter | None = None) -> RunResult
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs, set_seed
 
-    # LoRA in the vision tower can sit in layers the forward pass never reaches (LLaVA reads
-    # the second-to-last CLIP layer); DDP must then be told to expect unused parameters.
-    ddp = DistributedDataParallelKwargs(find_unused_parameters=cfg.lora_targets != ["language"])
+    # Whether DDP must expect parameters without gradients is known once the model is set up
+    # (below); accelerate reads this handler only in `prepare`.
+    ddp = DistributedDataParallelKwargs()
     accelerator = Accelerator(mixed_precision=_mixed_precision(cfg.mixed_precision),
                               cpu=not torch.cuda.is_available(), kwargs_handlers=[ddp])
     reporter = reporter or Reporter(enabled=accelerator.is_main_process)
@@ -123,6 +124,7 @@ def finetune(cfg: FinetuneConfig, reporter: Reporter | None = None) -> RunResult
                            dropout=cfg.lora_dropout, components=cfg.lora_targets,
                            fully=cfg.train_fully)
     frozen_parts = untrained_modules(model)
+    ddp.find_unused_parameters = may_leave_trainables_unused(model)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     reporter.parameters(parameter_report(model))
