@@ -53,6 +53,7 @@ def _finetune_command():
                                  typer.Option(help=_help(field), show_default=False)]))
 
     def finetune(**options: Any) -> None:
+        from domainvlm.errors import RunInterrupted
         from domainvlm.train.config import build_config, load_yaml
         from domainvlm.train.loop import finetune as run
 
@@ -63,7 +64,12 @@ def _finetune_command():
                 values[key] = (value.split(",") if key in ("lora_targets", "train_fully", "frozen")
                                else value)
         cfg = build_config(values, source=f"config {path}" if path else "options")
-        result = run(cfg)
+        try:
+            result = run(cfg)
+        except RunInterrupted as stop:
+            typer.echo(f"{stop}\nresume with: {resume_command(sys.argv, cfg.overwrite)}",
+                       err=True)
+            sys.exit(130)
         typer.echo(f"adapter: {result.adapter}  steps: {result.steps}  "
                    f"final loss: {result.final_loss:.4f}  "
                    f"samples/s: {result.samples_per_second:.1f}")
@@ -78,6 +84,24 @@ def _finetune_command():
         "--output runs/rad"
     )
     return finetune
+
+
+def resume_command(argv: list[str], overwrite: bool = False) -> str:
+    """The command that continues an interrupted run: the same command line plus `--resume`
+    (without `--overwrite`, which would start it over)."""
+    import shlex
+    import shutil
+
+    program = Path(argv[0])
+    if program.name == "cli.py":  # started as `python -m domainvlm.cli`
+        head = [sys.executable, "-m", "domainvlm.cli"]
+    else:
+        on_path = shutil.which("domainvlm")
+        same = on_path is not None and Path(on_path).resolve() == program.resolve()
+        head = ["domainvlm" if same else argv[0]]
+    rest = [arg for arg in argv[1:] if arg not in ("--resume", "--no-resume", "--overwrite")]
+    # `overwrite: true` from a YAML file: a flag wins over it.
+    return shlex.join([*head, *rest, *(["--no-overwrite"] if overwrite else []), "--resume"])
 
 
 def _cli_type(annotation: Any) -> Any:

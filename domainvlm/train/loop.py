@@ -43,6 +43,7 @@ from domainvlm.train.run_dir import (
     mark_finished,
     write_json_atomic,
 )
+from domainvlm.train.stops import check_finite, recorded_stops
 from domainvlm.train.vision_cache import (
     TowerMemo,
     attach_image_features,
@@ -150,30 +151,39 @@ def finetune(cfg: FinetuneConfig, reporter: Reporter | None = None) -> RunResult
     # --- train -------------------------------------------------------------------------------
     train_mode(model, frozen_parts)
     started, seen, last_loss = time.perf_counter(), 0, None
-    with (memo or contextlib.nullcontext(), reporter.task(
-            "fine-tuning", total=total_steps, completed=state.step) as advance):
-        while state.step < total_steps:
-            epoch, index = divmod(state.step, steps_per_epoch)
-            batch_ids = [plan[j] for j in epoch_batches(lengths, cfg.batch_size, cfg.seed,
-                                                        epoch, cfg.group_by_length)[index]]
-            loss = _train_step(model, optimizer, accelerator, train, batch_ids, world, rank,
-                               accumulation, pad_id, family, cfg.max_grad_norm)
-            scheduler.step()
-            state.step += 1
-            seen += sum(rows[i] for i in batch_ids)
-            last_loss = loss
-            record = {"step": state.step, "loss": loss, "lr": scheduler.get_last_lr()[0]}
-            if evals and (state.step == total_steps
-                          or (cfg.eval_every and state.step % cfg.eval_every == 0)):
-                record["eval_loss"] = evaluate_loss(model, evals, cfg.batch_size, pad_id,
-                                                    family, accelerator)
-                train_mode(model, frozen_parts)
-                _keep_best(state, record, accelerator, model, processor, cfg.output)
-            state.history.append(record)
-            _log(writer, record)
-            advance(1, loss=loss)
-            if cfg.save_every and state.step % cfg.save_every == 0 and state.step < total_steps:
-                _save_checkpoint(cfg, accelerator, model, optimizer, scheduler, state, rank)
+    try:
+        with (recorded_stops(cfg.output, state, total_steps, accelerator.is_main_process),
+              memo or contextlib.nullcontext(),
+              reporter.task("fine-tuning", total=total_steps, completed=state.step) as advance):
+            while state.step < total_steps:
+                epoch, index = divmod(state.step, steps_per_epoch)
+                batch_ids = [plan[j] for j in epoch_batches(
+                    lengths, cfg.batch_size, cfg.seed, epoch, cfg.group_by_length)[index]]
+                loss, grad_norm = _train_step(model, optimizer, accelerator, train, batch_ids,
+                                              world, rank, accumulation, pad_id, family,
+                                              cfg.max_grad_norm)
+                check_finite(state.step + 1, total_steps, loss, grad_norm, output=cfg.output,
+                             learning_rate=cfg.learning_rate)
+                scheduler.step()
+                state.step += 1
+                seen += sum(rows[i] for i in batch_ids)
+                last_loss = loss
+                record = {"step": state.step, "loss": loss, "lr": scheduler.get_last_lr()[0]}
+                if evals and (state.step == total_steps
+                              or (cfg.eval_every and state.step % cfg.eval_every == 0)):
+                    record["eval_loss"] = evaluate_loss(model, evals, cfg.batch_size, pad_id,
+                                                        family, accelerator)
+                    train_mode(model, frozen_parts)
+                    _keep_best(state, record, accelerator, model, processor, cfg.output)
+                state.history.append(record)
+                _log(writer, record)
+                advance(1, loss=loss)
+                if (cfg.save_every and state.step % cfg.save_every == 0
+                        and state.step < total_steps):
+                    _save_checkpoint(cfg, accelerator, model, optimizer, scheduler, state, rank)
+    finally:
+        if writer is not None:
+            writer.close()
     elapsed = time.perf_counter() - started
 
     # --- save --------------------------------------------------------------------------------
@@ -189,8 +199,6 @@ def finetune(cfg: FinetuneConfig, reporter: Reporter | None = None) -> RunResult
             summary["vision_tower_rows"] = {"computed": memo.computed, "served": memo.served}
         write_json_atomic(cfg.output / "history.json", state.history)
         mark_finished(cfg.output, summary)
-    if writer is not None:
-        writer.close()
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return RunResult(cfg.output, adapter, state.step, last_loss, state.best_eval_loss, elapsed,
@@ -198,8 +206,10 @@ def finetune(cfg: FinetuneConfig, reporter: Reporter | None = None) -> RunResult
 
 
 def _train_step(model, optimizer, accelerator, samples, batch_ids, world, rank, accumulation,
-                pad_id, family, max_grad_norm) -> float:
-    """One optimizer step over a global batch; returns the global mean answer-token loss."""
+                pad_id, family, max_grad_norm) -> tuple[float, float | None]:
+    """One optimizer step over a global batch: the global mean answer-token loss and the
+    gradient norm (None where it is not measured). A step whose loss or norm is not finite is
+    not applied, so the weights stay those of the last good step."""
     import torch
 
     # The model predicts token t+1 from t, so the first label never counts.
@@ -220,11 +230,20 @@ def _train_step(model, optimizer, accelerator, samples, batch_ids, world, rank, 
             # DDP averages gradients over processes: scale so the result is sum / n_tokens.
             accelerator.backward(total * world / n_tokens)
         loss_sum += total.detach()
-    if max_grad_norm:
-        accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
-    optimizer.step()
+    norm = accelerator.clip_grad_norm_(model.parameters(), max_grad_norm) if max_grad_norm \
+        else None
+    # fp16's gradient scaler expects inf norms now and then and skips those steps itself.
+    if not isinstance(norm, torch.Tensor) or accelerator.scaler is not None:
+        norm = None
+    watched = accelerator.reduce(loss_sum, reduction="sum").reshape(1)
+    if norm is not None:
+        watched = torch.cat([watched, norm.detach().float().reshape(1).to(watched.device)])
+    values = watched.tolist()  # the step's one device sync, as before
+    loss, grad_norm = values[0] / n_tokens, (values[1] if norm is not None else None)
+    if math.isfinite(loss) and (grad_norm is None or math.isfinite(grad_norm)):
+        optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return float(accelerator.reduce(loss_sum, reduction="sum")) / n_tokens
+    return loss, grad_norm
 
 
 def token_loss_sum(model, inputs: dict[str, Any]):
