@@ -130,6 +130,9 @@ def _help(field: Any) -> str:
 
 app.command("finetune")(_finetune_command())
 
+IGNORE_BASE_HELP = ("Load the adapter even on a base other than the one it was trained on "
+                    "(another architecture or other weights); it is refused otherwise.")
+
 
 @app.command("eval")
 def eval_command(
@@ -140,13 +143,14 @@ def eval_command(
         help="Base model of the adapter (default: the one it names).")] = None,
     batch_size: Annotated[int, typer.Option(min=1)] = 8,
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 32,
+    ignore_base_mismatch: Annotated[bool, typer.Option(help=IGNORE_BASE_HELP)] = False,
 ) -> None:
     """Generate answers and score them: VQA accuracy (closed/open), BLEU-4, ROUGE-L, METEOR,
     CIDEr, and abstention on questions marked not answerable."""
     from domainvlm.evaluation.run import evaluate, summary_lines
 
     metrics = evaluate(model, data, output, base=base, batch_size=batch_size,
-                       max_new_tokens=max_new_tokens)
+                       max_new_tokens=max_new_tokens, ignore_base_mismatch=ignore_base_mismatch)
     for line in summary_lines(metrics):
         typer.echo(line)
 
@@ -182,11 +186,14 @@ def merge_command(
     base: Annotated[Optional[str], typer.Option(  # noqa: UP045
         help="Base model (default: the one the adapter names).")] = None,
     overwrite: bool = False,
+    ignore_base_mismatch: Annotated[bool, typer.Option(help=IGNORE_BASE_HELP)] = False,
 ) -> None:
     """Fold a LoRA adapter into its base: a plain transformers model plus processor files."""
     from domainvlm.adapter_io import merge_adapter
 
-    typer.echo(f"merged model: {merge_adapter(adapter, output, base=base, overwrite=overwrite)}")
+    merged = merge_adapter(adapter, output, base=base, overwrite=overwrite,
+                           ignore_base_mismatch=ignore_base_mismatch)
+    typer.echo(f"merged model: {merged}")
 
 
 @app.command("tiny-model")

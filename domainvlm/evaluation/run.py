@@ -49,11 +49,12 @@ def score(records: list[Record], predictions: list[str]) -> dict[str, Any]:
 
 def evaluate(model: str, data: str, output: Path, *, base: str | None = None,
              batch_size: int = 8, max_new_tokens: int = 32,
-             reporter: Reporter | None = None) -> dict[str, Any]:
+             reporter: Reporter | None = None,
+             ignore_base_mismatch: bool = False) -> dict[str, Any]:
     """Write OUTPUT/predictions.jsonl and OUTPUT/metrics.json; return the metrics."""
     reporter = reporter or Reporter()
     records = load_records(data)
-    loaded = load_with_adapter(model, base=base)
+    loaded = load_with_adapter(model, base=base, ignore_base_mismatch=ignore_base_mismatch)
     fmt = PromptFormat.from_processor(loaded.processor, loaded.family)
     with reporter.task("answering", total=len(records)) as advance:
         predictions = generate_answers(loaded.model, fmt, records, batch_size=batch_size,

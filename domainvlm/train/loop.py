@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from domainvlm.base_identity import BaseIdentity, identify, write_record
 from domainvlm.data.cache import load_or_encode
 from domainvlm.data.collate import collate
 from domainvlm.data.encode import IGNORE_INDEX, image_token_id, pad_token_id
@@ -99,8 +100,10 @@ def finetune(cfg: FinetuneConfig, reporter: Reporter | None = None) -> RunResult
                  if cfg.eval_data else [])
 
     # Inputs are valid: only now does the output folder become this run's.
+    base = None  # what an adapter is checked against when it is loaded (not for `full`)
     if accelerator.is_main_process:
         claim_output(cfg.output, cfg.fingerprint_fields(), overwrite=cfg.overwrite)
+        base = identify(cfg.model) if cfg.method != "full" else None
     accelerator.wait_for_everyone()
 
     trained = (set(COMPONENT_NAMES) - set(cfg.frozen) if cfg.method == "full"
@@ -174,7 +177,7 @@ def finetune(cfg: FinetuneConfig, reporter: Reporter | None = None) -> RunResult
                     record["eval_loss"] = evaluate_loss(model, evals, cfg.batch_size, pad_id,
                                                         family, accelerator)
                     train_mode(model, frozen_parts)
-                    _keep_best(state, record, accelerator, model, processor, cfg.output)
+                    _keep_best(state, record, accelerator, model, processor, cfg.output, base)
                 state.history.append(record)
                 _log(writer, record)
                 advance(1, loss=loss)
@@ -189,7 +192,7 @@ def finetune(cfg: FinetuneConfig, reporter: Reporter | None = None) -> RunResult
     # --- save --------------------------------------------------------------------------------
     adapter = cfg.output / ("model" if cfg.method == "full" else "adapter")
     if accelerator.is_main_process:
-        save_adapter(accelerator.unwrap_model(model), processor, adapter)
+        save_adapter(accelerator.unwrap_model(model), processor, adapter, base)
         summary = {"steps": state.step, "final_loss": last_loss,
                    "best_eval_loss": state.best_eval_loss, "best_step": state.best_step,
                    "seconds": round(elapsed, 3), "samples": seen,  # data rows, repeats counted
@@ -282,14 +285,17 @@ def evaluate_loss(model, samples, batch_size, pad_id, family, accelerator) -> fl
     return total / max(count, 1)
 
 
-def save_adapter(model, processor, folder: Path) -> None:
-    """PEFT-format adapter + processor files, published atomically."""
+def save_adapter(model, processor, folder: Path, base: BaseIdentity | None = None) -> None:
+    """PEFT-format adapter + processor files (+ the identity of its base), published
+    atomically."""
     import shutil
 
     temp = ckpt.temp_dir_for(folder)
     shutil.rmtree(temp, ignore_errors=True)
     model.save_pretrained(temp)
     processor.save_pretrained(temp)
+    if base is not None:
+        write_record(temp, base)
     ckpt.publish(temp, folder)
 
 
@@ -326,11 +332,11 @@ def _load_weights(model, folder: Path) -> None:
         model.load_state_dict(load_file(str(folder / "model.safetensors")), strict=False)
 
 
-def _keep_best(state, record, accelerator, model, processor, output: Path) -> None:
+def _keep_best(state, record, accelerator, model, processor, output: Path, base) -> None:
     if state.best_eval_loss is None or record["eval_loss"] < state.best_eval_loss:
         state.best_eval_loss, state.best_step = record["eval_loss"], record["step"]
         if accelerator.is_main_process:
-            save_adapter(accelerator.unwrap_model(model), processor, output / "best")
+            save_adapter(accelerator.unwrap_model(model), processor, output / "best", base)
 
 
 def _samples(data, fmt, cfg, reporter, name, repeat=True):
