@@ -240,29 +240,33 @@ nano_app = typer.Typer(help="The nano base model: a small FastVLM pretrained her
 app.add_typer(nano_app, name="nano")
 
 
+RECIPE_HELP = ("JSON or YAML file of nano recipe fields (family, size, image_size, "
+               "tower_steps, scenes, seed, ...); the rest keep the default recipe's values.")
+
+
 @nano_app.command("pretrain")
 def nano_pretrain_command(
-    force: Annotated[bool, typer.Option(help="Rebuild even if the cache has it.")] = False,
+    force: Annotated[bool, typer.Option(
+        help="Build it again from scratch, even if it is cached or shipped.")] = False,
+    recipe: Annotated[Optional[Path], typer.Option(help=RECIPE_HELP)] = None,  # noqa: UP045
 ) -> None:
     """Pretrain the nano model from its recipe into the cache (about half an hour on 2 CPU
     cores; the package ships the default recipe's result); later runs reuse it.
     Deterministic by the recipe's seed."""
-    import shutil
+    from domainvlm.nano import DEFAULT_RECIPE, ensure_nano, load_recipe, rebuild_nano
 
-    from domainvlm.nano import ensure_nano, nano_path, tower_path
-
-    if force:  # both stages: the tower stage is cached apart
-        shutil.rmtree(nano_path(), ignore_errors=True)
-        shutil.rmtree(tower_path(), ignore_errors=True)
-    typer.echo(f"nano model: {ensure_nano()}")
+    chosen = load_recipe(recipe) if recipe else DEFAULT_RECIPE
+    typer.echo(f"nano model: {rebuild_nano(chosen) if force else ensure_nano(chosen)}")
 
 
 @nano_app.command("path")
-def nano_path_command() -> None:
+def nano_path_command(
+    recipe: Annotated[Optional[Path], typer.Option(help=RECIPE_HELP)] = None,  # noqa: UP045
+) -> None:
     """Print where the nano model is (or will be) cached, and whether it is built."""
-    from domainvlm.nano import nano_path
+    from domainvlm.nano import DEFAULT_RECIPE, load_recipe, nano_path
 
-    path = nano_path()
+    path = nano_path(load_recipe(recipe) if recipe else DEFAULT_RECIPE)
     typer.echo(f"{path}  ({'built' if (path / 'config.json').is_file() else 'not built yet'})")
 
 
