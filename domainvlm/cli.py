@@ -67,8 +67,9 @@ def _finetune_command():
         try:
             result = run(cfg)
         except RunInterrupted as stop:
-            typer.echo(f"{stop}\nresume with: {resume_command(sys.argv, cfg.overwrite)}",
-                       err=True)
+            if os.environ.get("RANK", "0") == "0":  # one message under `accelerate launch`
+                typer.echo(f"{stop}\nresume with: {resume_command(sys.argv, cfg.overwrite)}",
+                           err=True)
             sys.exit(130)
         typer.echo(f"adapter: {result.adapter}  steps: {result.steps}  "
                    f"final loss: {result.final_loss:.4f}  "
