@@ -4,6 +4,7 @@ with one clear line, the override folds it anyway, and the same weights anywhere
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -139,3 +140,20 @@ def test_the_record_names_the_base_and_ignores_sharding_and_input_size(
     larger = with_input_size(fast, 128, tmp_path / "larger")
     assert identify(str(larger)).weights == identify(str(fast)).weights
     assert identify(str(larger)).model_type == "fast_vlm"
+
+
+def test_a_hub_id_is_fingerprinted_from_its_cached_files(bases, tmp_path):
+    """A base named by hub id resolves to its snapshot in the local cache (laid out here as
+    huggingface_hub lays it out), so it matches the same weights in a folder."""
+    cache = tmp_path / "hub"
+    snapshot = cache / "models--tiny-org--tiny-llava" / "snapshots" / "0123abc"
+    shutil.copytree(bases["same"], snapshot)
+    (cache / "models--tiny-org--tiny-llava" / "refs").mkdir()
+    (cache / "models--tiny-org--tiny-llava" / "refs" / "main").write_text("0123abc")
+    script = ("from domainvlm.base_identity import identify; "
+              "i = identify('tiny-org/tiny-llava'); print(i.model_type, i.weights)")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            env={**os.environ, "HF_HUB_CACHE": str(cache),
+                                 "HF_HUB_OFFLINE": "1"}, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["llava", identify(str(bases["same"])).weights]
