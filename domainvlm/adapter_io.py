@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from domainvlm.base_identity import check_base
 from domainvlm.errors import ModelLoadError
 from domainvlm.loading import LoadedModel, load_model
 from domainvlm.outputs import check_folder, new_output
@@ -25,10 +26,13 @@ def adapter_base(adapter: Path) -> str:
 
 
 def load_with_adapter(source: str, *, base: str | None = None, dtype: str = "auto",
-                      device: str | None = None) -> LoadedModel:
+                      device: str | None = None,
+                      ignore_base_mismatch: bool = False) -> LoadedModel:
     """A model ready for inference: `source` is a model, or an adapter folder on its base.
 
-    The processor comes from the adapter folder when it has one (training saves it there).
+    The base must be the model the adapter was trained on (BaseMismatchError otherwise,
+    unless `ignore_base_mismatch`). The processor comes from the adapter folder when it has
+    one (training saves it there).
     """
     if not is_adapter_folder(source):
         return load_model(source, dtype=dtype, device=device)
@@ -36,7 +40,9 @@ def load_with_adapter(source: str, *, base: str | None = None, dtype: str = "aut
     from transformers import AutoProcessor
 
     adapter = Path(source)
-    loaded = load_model(base or adapter_base(adapter), dtype=dtype, device=device)
+    base = base or adapter_base(adapter)
+    check_base(adapter, base, ignore_mismatch=ignore_base_mismatch)
+    loaded = load_model(base, dtype=dtype, device=device)
     loaded.model = PeftModel.from_pretrained(loaded.model, str(adapter))
     if (adapter / "processor_config.json").is_file():
         loaded.processor = AutoProcessor.from_pretrained(str(adapter))
@@ -45,7 +51,7 @@ def load_with_adapter(source: str, *, base: str | None = None, dtype: str = "aut
 
 
 def merge_adapter(adapter: str | Path, output: str | Path, *, base: str | None = None,
-                  overwrite: bool = False) -> Path:
+                  overwrite: bool = False, ignore_base_mismatch: bool = False) -> Path:
     """Write base + adapter as one plain transformers model with all processor files."""
     adapter, output = Path(adapter), Path(output)
     if not is_adapter_folder(adapter):
@@ -53,7 +59,8 @@ def merge_adapter(adapter: str | Path, output: str | Path, *, base: str | None =
                              "pass the `adapter` folder of a fine-tuning run")
     inputs = [adapter, base or adapter_base(adapter)]
     check_folder(output, "merge", inputs=inputs, overwrite=overwrite)
-    loaded = load_with_adapter(str(adapter), base=base, dtype="float32", device="cpu")
+    loaded = load_with_adapter(str(adapter), base=base, dtype="float32", device="cpu",
+                               ignore_base_mismatch=ignore_base_mismatch)
     merged: Any = loaded.model.merge_and_unload()
     with new_output(output, "merge", inputs=inputs, overwrite=overwrite) as partial:
         merged.save_pretrained(partial)

@@ -53,6 +53,7 @@ def _finetune_command():
                                  typer.Option(help=_help(field), show_default=False)]))
 
     def finetune(**options: Any) -> None:
+        from domainvlm.errors import RunInterrupted
         from domainvlm.train.config import build_config, load_yaml
         from domainvlm.train.loop import finetune as run
 
@@ -63,7 +64,13 @@ def _finetune_command():
                 values[key] = (value.split(",") if key in ("lora_targets", "train_fully", "frozen")
                                else value)
         cfg = build_config(values, source=f"config {path}" if path else "options")
-        result = run(cfg)
+        try:
+            result = run(cfg)
+        except RunInterrupted as stop:
+            if os.environ.get("RANK", "0") == "0":  # one message under `accelerate launch`
+                typer.echo(f"{stop}\nresume with: {resume_command(sys.argv, cfg.overwrite)}",
+                           err=True)
+            sys.exit(130)
         typer.echo(f"adapter: {result.adapter}  steps: {result.steps}  "
                    f"final loss: {result.final_loss:.4f}  "
                    f"samples/s: {result.samples_per_second:.1f}")
@@ -78,6 +85,24 @@ def _finetune_command():
         "--output runs/rad"
     )
     return finetune
+
+
+def resume_command(argv: list[str], overwrite: bool = False) -> str:
+    """The command that continues an interrupted run: the same command line plus `--resume`
+    (without `--overwrite`, which would start it over)."""
+    import shlex
+    import shutil
+
+    program = Path(argv[0])
+    if program.name == "cli.py":  # started as `python -m domainvlm.cli`
+        head = [sys.executable, "-m", "domainvlm.cli"]
+    else:
+        on_path = shutil.which("domainvlm")
+        same = on_path is not None and Path(on_path).resolve() == program.resolve()
+        head = ["domainvlm" if same else argv[0]]
+    rest = [arg for arg in argv[1:] if arg not in ("--resume", "--no-resume", "--overwrite")]
+    # `overwrite: true` from a YAML file: a flag wins over it.
+    return shlex.join([*head, *rest, *(["--no-overwrite"] if overwrite else []), "--resume"])
 
 
 def _cli_type(annotation: Any) -> Any:
@@ -106,6 +131,9 @@ def _help(field: Any) -> str:
 
 app.command("finetune")(_finetune_command())
 
+IGNORE_BASE_HELP = ("Load the adapter even on a base other than the one it was trained on "
+                    "(another architecture or other weights); it is refused otherwise.")
+
 
 @app.command("eval")
 def eval_command(
@@ -118,13 +146,15 @@ def eval_command(
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 32,
     overwrite: Annotated[bool, typer.Option(
         help="Replace an earlier `eval` output in OUTPUT.")] = False,
+    ignore_base_mismatch: Annotated[bool, typer.Option(help=IGNORE_BASE_HELP)] = False,
 ) -> None:
     """Generate answers and score them: VQA accuracy (closed/open), BLEU-4, ROUGE-L, METEOR,
     CIDEr, and abstention on questions marked not answerable."""
     from domainvlm.evaluation.run import evaluate, summary_lines
 
     metrics = evaluate(model, data, output, base=base, batch_size=batch_size,
-                       max_new_tokens=max_new_tokens, overwrite=overwrite)
+                       max_new_tokens=max_new_tokens, overwrite=overwrite,
+                       ignore_base_mismatch=ignore_base_mismatch)
     for line in summary_lines(metrics):
         typer.echo(line)
 
@@ -165,11 +195,14 @@ def merge_command(
     base: Annotated[Optional[str], typer.Option(  # noqa: UP045
         help="Base model (default: the one the adapter names).")] = None,
     overwrite: bool = False,
+    ignore_base_mismatch: Annotated[bool, typer.Option(help=IGNORE_BASE_HELP)] = False,
 ) -> None:
     """Fold a LoRA adapter into its base: a plain transformers model plus processor files."""
     from domainvlm.adapter_io import merge_adapter
 
-    typer.echo(f"merged model: {merge_adapter(adapter, output, base=base, overwrite=overwrite)}")
+    merged = merge_adapter(adapter, output, base=base, overwrite=overwrite,
+                           ignore_base_mismatch=ignore_base_mismatch)
+    typer.echo(f"merged model: {merged}")
 
 
 @app.command("tiny-model")
@@ -227,29 +260,33 @@ nano_app = typer.Typer(help="The nano base model: a small FastVLM pretrained her
 app.add_typer(nano_app, name="nano")
 
 
+RECIPE_HELP = ("JSON or YAML file of nano recipe fields (family, size, image_size, "
+               "tower_steps, scenes, seed, ...); the rest keep the default recipe's values.")
+
+
 @nano_app.command("pretrain")
 def nano_pretrain_command(
-    force: Annotated[bool, typer.Option(help="Rebuild even if the cache has it.")] = False,
+    force: Annotated[bool, typer.Option(
+        help="Build it again from scratch, even if it is cached or shipped.")] = False,
+    recipe: Annotated[Optional[Path], typer.Option(help=RECIPE_HELP)] = None,  # noqa: UP045
 ) -> None:
     """Pretrain the nano model from its recipe into the cache (about half an hour on 2 CPU
     cores; the package ships the default recipe's result); later runs reuse it.
     Deterministic by the recipe's seed."""
-    import shutil
+    from domainvlm.nano import DEFAULT_RECIPE, ensure_nano, load_recipe, rebuild_nano
 
-    from domainvlm.nano import ensure_nano, nano_path, tower_path
-
-    if force:  # both stages: the tower stage is cached apart
-        shutil.rmtree(nano_path(), ignore_errors=True)
-        shutil.rmtree(tower_path(), ignore_errors=True)
-    typer.echo(f"nano model: {ensure_nano()}")
+    chosen = load_recipe(recipe) if recipe else DEFAULT_RECIPE
+    typer.echo(f"nano model: {rebuild_nano(chosen) if force else ensure_nano(chosen)}")
 
 
 @nano_app.command("path")
-def nano_path_command() -> None:
+def nano_path_command(
+    recipe: Annotated[Optional[Path], typer.Option(help=RECIPE_HELP)] = None,  # noqa: UP045
+) -> None:
     """Print where the nano model is (or will be) cached, and whether it is built."""
-    from domainvlm.nano import nano_path
+    from domainvlm.nano import DEFAULT_RECIPE, load_recipe, nano_path
 
-    path = nano_path()
+    path = nano_path(load_recipe(recipe) if recipe else DEFAULT_RECIPE)
     typer.echo(f"{path}  ({'built' if (path / 'config.json').is_file() else 'not built yet'})")
 
 

@@ -24,6 +24,29 @@ class OutputExistsError(DomainVLMError, FileExistsError):
     """The output folder holds a different run that would be overwritten."""
 
 
+class TrainingDivergedError(DomainVLMError, FloatingPointError):
+    """The loss or gradient norm of a step was not finite; that step was not applied, the run
+    stopped and its last checkpoint stands. The message names the step and the settings."""
+
+
+class BaseMismatchError(ModelLoadError):
+    """An adapter is opened on a base model other than the one it was trained on."""
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during fine-tuning, with what a resume needs to know (a KeyboardInterrupt still:
+    code that stops on Ctrl-C keeps stopping)."""
+
+    def __init__(self, step: int, total: int, checkpoint: object) -> None:
+        self.step, self.total, self.checkpoint = step, total, checkpoint
+        if checkpoint is None:
+            where = ("no checkpoint was written yet, so a resumed run starts again from step 0 "
+                     "(--save-every N keeps progress)")
+        else:
+            where = f"last checkpoint: {checkpoint} (a resumed run continues from there)"
+        super().__init__(f"interrupted after step {step} of {total}; {where}")
+
+
 _OS_ADVICE = {
     "EROFS": "the file system is read-only; write to another place",
     "ENOSPC": "the disk is full; free space or write to another disk",

@@ -84,11 +84,60 @@ def shipped_nano(recipe: NanoRecipe = DEFAULT_RECIPE) -> Path | None:
 
 
 def ensure_nano(recipe: NanoRecipe = DEFAULT_RECIPE, reporter: Reporter | None = None) -> Path:
-    """The nano model of `recipe`: rebuilt in the cache if there, else shipped, else built."""
+    """The nano model of `recipe`: the cached build if there, else shipped, else built."""
     path = nano_path(recipe)
     if (path / "config.json").is_file():
         return path
     return shipped_nano(recipe) or pretrain_nano(path, recipe, reporter)
+
+
+def rebuild_nano(recipe: NanoRecipe = DEFAULT_RECIPE, reporter: Reporter | None = None) -> Path:
+    """Pretrain `recipe` from scratch, both stages, into the cache, whatever is cached or
+    shipped; the cached model is replaced only once the new one is complete."""
+    from domainvlm.train.checkpoint import publish, temp_dir_for
+
+    shutil.rmtree(tower_path(recipe), ignore_errors=True)  # the tower stage is cached apart
+    path = nano_path(recipe)
+    temp = temp_dir_for(path)
+    shutil.rmtree(temp, ignore_errors=True)
+    pretrain_nano(temp, recipe, reporter)
+    publish(temp, path)
+    return path
+
+
+def load_recipe(path: Path) -> NanoRecipe:
+    """A NanoRecipe from a JSON or YAML file of its fields (the others keep their defaults);
+    errors name the key and the bad value."""
+    import dataclasses
+    import math
+
+    import yaml
+
+    from domainvlm.errors import ConfigError
+
+    if not Path(path).is_file():
+        raise ConfigError(f"recipe file {path} does not exist")
+    try:
+        values = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}  # JSON is YAML
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"recipe file {path} is neither JSON nor YAML: {exc}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"recipe file {path}: must hold a mapping of recipe keys to values")
+    fields = {f.name: f for f in dataclasses.fields(NanoRecipe)}
+    for key, value in values.items():
+        if key not in fields:
+            raise ConfigError(f"recipe file {path}: unknown key `{key}`; valid keys: "
+                              f"{', '.join(fields)}")
+        kind = type(getattr(DEFAULT_RECIPE, key))
+        fits = (isinstance(value, kind) and not isinstance(value, bool)) or (
+            kind is float and isinstance(value, int) and not isinstance(value, bool))
+        if not fits or (kind is float and not math.isfinite(value)):
+            raise ConfigError(f"recipe file {path}: `{key}` must be a finite {kind.__name__}, "
+                              f"got {value!r}")
+        if kind in (int, float) and value < 0:
+            raise ConfigError(f"recipe file {path}: `{key}` cannot be negative, got {value!r}")
+    return NanoRecipe(**{k: float(v) if type(getattr(DEFAULT_RECIPE, k)) is float else v
+                         for k, v in values.items()})
 
 
 def pretrain_nano(output: Path, recipe: NanoRecipe = DEFAULT_RECIPE,

@@ -59,6 +59,11 @@ CASES = [
      "the data set is empty"),
     ("rank zero", lambda m, d, b, t: ["--model", m, "--data", d, "--lora-r", "0"],
      r"`--lora-r` / `lora_r`: Input should be greater than 0 \(got 0\)"),
+    ("infinite learning rate", lambda m, d, b, t: ["--model", m, "--data", d,
+                                                   "--learning-rate", "inf"],
+     r"`--learning-rate` / `learning_rate`: Input should be a finite number \(got inf\)"),
+    ("nan warm-up", lambda m, d, b, t: ["--model", m, "--data", d, "--warmup-ratio", "nan"],
+     r"`--warmup-ratio` / `warmup_ratio`: Input should be a finite number \(got nan\)"),
     ("bad method", lambda m, d, b, t: ["--model", m, "--data", d, "--method", "lorax"],
      r"`--method` / `method`: Input should be 'lora', 'dora', 'qlora' or 'full'"),
     ("bad target", lambda m, d, b, t: ["--model", m, "--data", d, "--lora-targets", "conv"],
@@ -140,3 +145,18 @@ def test_info_describes_a_model(tiny_models):
     result = cli("info", tiny_models("qwen2-vl"))
     assert result.returncode == 0, result.stderr
     assert "family: qwen2-vl" in result.stdout and "<|im_end|>" in result.stdout
+
+
+@pytest.mark.parametrize(("argv", "overwrite", "expected"), [
+    # (how it was started, overwrite in effect, the command that resumes it): hand-written
+    (["/opt/venv/bin/domainvlm", "finetune", "--data", "my data.jsonl", "--overwrite"], True,
+     "/opt/venv/bin/domainvlm finetune --data 'my data.jsonl' --no-overwrite --resume"),
+    (["/x/domainvlm/cli.py", "finetune", "--config", "run.yaml", "--resume"], False,
+     f"{sys.executable} -m domainvlm.cli finetune --config run.yaml --resume"),
+    (["/opt/venv/bin/domainvlm", "finetune", "--config", "run.yaml"], True,  # from the YAML
+     "/opt/venv/bin/domainvlm finetune --config run.yaml --no-overwrite --resume"),
+])
+def test_the_resume_command_is_the_same_command_line_plus_resume(argv, overwrite, expected):
+    from domainvlm.cli import resume_command
+
+    assert resume_command(argv, overwrite) == expected

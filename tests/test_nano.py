@@ -5,6 +5,7 @@ the result. A shrunken recipe keeps this fast."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -136,3 +137,77 @@ def test_only_a_convolutional_tower_takes_another_input_size(tiny_models, tmp_pa
 
     with pytest.raises(ValueError, match="not a FastVLM"):
         with_input_size(tiny_models("llava"), 128, tmp_path / "llava")
+
+
+def test_pretrain_force_rebuilds_even_when_a_model_of_the_recipe_is_at_hand(
+        nano, tmp_path, monkeypatch):
+    """`nano pretrain --force --recipe FILE` through the CLI: the recipe's model is shipped
+    (here a copy of the one built for it), yet --force builds it again, into the cache."""
+    from dataclasses import asdict
+
+    from typer.testing import CliRunner
+
+    import domainvlm.nano
+    from domainvlm.cli import app
+
+    shipped = shutil.copytree(nano, tmp_path / "shipped")
+    monkeypatch.setattr(domainvlm.nano, "SHIPPED", shipped)
+    monkeypatch.setenv("DOMAINVLM_CACHE", str(tmp_path / "cache"))
+    recipe = tmp_path / "recipe.json"
+    recipe.write_text(json.dumps(asdict(RECIPE)))
+    runner = CliRunner()
+
+    plain = runner.invoke(app, ["nano", "pretrain", "--recipe", str(recipe)])
+    assert plain.exit_code == 0, plain.output
+    assert plain.stdout.strip() == f"nano model: {shipped}"  # at hand without building
+
+    forced = runner.invoke(app, ["nano", "pretrain", "--force", "--recipe", str(recipe)])
+    assert forced.exit_code == 0, forced.output
+    built = nano_path(RECIPE)
+    assert built.is_relative_to(tmp_path / "cache")
+    assert forced.stdout.strip() == f"nano model: {built}"
+    assert tower_path(RECIPE).is_dir()  # both stages ran here, the tower one too
+    # Built, not copied: the same recipe gives the same weights as the session's build.
+    first = AutoModelForImageTextToText.from_pretrained(nano).state_dict()
+    again = AutoModelForImageTextToText.from_pretrained(built).state_dict()
+    assert all(torch.equal(first[k], again[k]) for k in first)
+
+    # Now cached, and --force still builds again (replacing the cached model when done).
+    stamp = (built / "model.safetensors").stat().st_mtime_ns
+    forced = runner.invoke(app, ["nano", "pretrain", "--force", "--recipe", str(recipe)])
+    assert forced.exit_code == 0, forced.output
+    assert (built / "model.safetensors").stat().st_mtime_ns != stamp
+    assert sorted(p.name for p in built.parent.iterdir()) == sorted(
+        [built.name, tower_path(RECIPE).name])  # no temp folder left
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ('{"scenes": 4, "colour": 1}', "unknown key `colour`; valid keys: family, size"),
+    ('{"learning_rate": "fast"}', "`learning_rate` must be a finite float, got 'fast'"),
+    ("tower_learning_rate: .inf", "`tower_learning_rate` must be a finite float, got inf"),
+    ('{"scenes": -3}', "`scenes` cannot be negative, got -3"),
+    ("[1, 2]", "must hold a mapping")])
+def test_a_bad_recipe_file_is_one_clear_line(tmp_path, text, message):
+    import subprocess
+    import sys
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(text)
+    result = subprocess.run([sys.executable, "-m", "domainvlm.cli", "nano", "path",
+                             "--recipe", str(recipe)], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+    assert result.stderr.startswith(f"error: recipe file {recipe}: {message}"), result.stderr
+
+
+def test_a_recipe_file_picks_where_its_model_is_cached(tmp_path):
+    import subprocess
+    import sys
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("size: tiny\nimage_size: 64\nseed: 3\n")
+    result = subprocess.run([sys.executable, "-m", "domainvlm.cli", "nano", "path",
+                             "--recipe", str(recipe)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    expected = nano_path(NanoRecipe(size="tiny", image_size=64, seed=3))
+    assert result.stdout.strip() == f"{expected}  (not built yet)"

@@ -50,7 +50,8 @@ def score(records: list[Record], predictions: list[str]) -> dict[str, Any]:
 
 def evaluate(model: str, data: str, output: Path, *, base: str | None = None,
              batch_size: int = 8, max_new_tokens: int = 32, overwrite: bool = False,
-             reporter: Reporter | None = None) -> dict[str, Any]:
+             reporter: Reporter | None = None,
+             ignore_base_mismatch: bool = False) -> dict[str, Any]:
     """Write OUTPUT/predictions.jsonl and OUTPUT/metrics.json; return the metrics.
 
     OUTPUT is new or empty, or (`overwrite`) holds an earlier evaluation, replaced once the new
@@ -59,7 +60,7 @@ def evaluate(model: str, data: str, output: Path, *, base: str | None = None,
     with new_output(output, "eval", inputs=[model, data, base], overwrite=overwrite,
                     made_by_us=_earlier_evaluation) as partial:  # fails fast where unwritable
         records = load_records(data)
-        loaded = load_with_adapter(model, base=base)
+        loaded = load_with_adapter(model, base=base, ignore_base_mismatch=ignore_base_mismatch)
         fmt = PromptFormat.from_processor(loaded.processor, loaded.family)
         with reporter.task("answering", total=len(records)) as advance:
             predictions = generate_answers(loaded.model, fmt, records, batch_size=batch_size,

@@ -18,7 +18,9 @@ Component = Literal["language", "vision", "projector"]
 class FinetuneConfig(BaseModel):
     """Everything a fine-tuning run needs; validated where it is built."""
 
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    # inf or nan in a float setting (a learning rate of inf, a YAML `.nan`) would only show as
+    # a run of NaN losses: refuse it before any work.
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), allow_inf_nan=False)
 
     model: str = Field(description="Hub id or local folder of an image-text-to-text model")
     data: str = Field(description="Training data: .jsonl, LLaVA-style .json or a dataset folder")

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from domainvlm.base_identity import BaseIdentity, identify, write_record
 from domainvlm.data.cache import load_or_encode
 from domainvlm.data.collate import collate
 from domainvlm.data.encode import IGNORE_INDEX, image_token_id, pad_token_id
@@ -31,6 +32,7 @@ from domainvlm.train.lora import (
     COMPONENT_NAMES,
     apply_lora,
     freeze_components,
+    may_leave_trainables_unused,
     parameter_report,
     part_of,
     train_mode,
@@ -42,6 +44,7 @@ from domainvlm.train.run_dir import (
     mark_finished,
     write_json_atomic,
 )
+from domainvlm.train.stops import check_finite, recorded_stops
 from domainvlm.train.vision_cache import (
     TowerMemo,
     attach_image_features,
@@ -68,9 +71,9 @@ def finetune(cfg: FinetuneConfig, reporter: Reporter | None = None) -> RunResult
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs, set_seed
 
-    # LoRA in the vision tower can sit in layers the forward pass never reaches (LLaVA reads
-    # the second-to-last CLIP layer); DDP must then be told to expect unused parameters.
-    ddp = DistributedDataParallelKwargs(find_unused_parameters=cfg.lora_targets != ["language"])
+    # Whether DDP must expect parameters without gradients is known once the model is set up
+    # (below); accelerate reads this handler only in `prepare`.
+    ddp = DistributedDataParallelKwargs()
     accelerator = Accelerator(mixed_precision=_mixed_precision(cfg.mixed_precision),
                               cpu=not torch.cuda.is_available(), kwargs_handlers=[ddp])
     reporter = reporter or Reporter(enabled=accelerator.is_main_process)
@@ -97,8 +100,10 @@ def finetune(cfg: FinetuneConfig, reporter: Reporter | None = None) -> RunResult
                  if cfg.eval_data else [])
 
     # Inputs are valid: only now does the output folder become this run's.
+    base = None  # what an adapter is checked against when it is loaded (not for `full`)
     if accelerator.is_main_process:
         claim_output(cfg.output, cfg.fingerprint_fields(), overwrite=cfg.overwrite)
+        base = identify(cfg.model) if cfg.method != "full" else None
     accelerator.wait_for_everyone()
 
     trained = (set(COMPONENT_NAMES) - set(cfg.frozen) if cfg.method == "full"
@@ -123,6 +128,7 @@ def finetune(cfg: FinetuneConfig, reporter: Reporter | None = None) -> RunResult
                            dropout=cfg.lora_dropout, components=cfg.lora_targets,
                            fully=cfg.train_fully)
     frozen_parts = untrained_modules(model)
+    ddp.find_unused_parameters = may_leave_trainables_unused(model)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     reporter.parameters(parameter_report(model))
@@ -148,36 +154,45 @@ def finetune(cfg: FinetuneConfig, reporter: Reporter | None = None) -> RunResult
     # --- train -------------------------------------------------------------------------------
     train_mode(model, frozen_parts)
     started, seen, last_loss = time.perf_counter(), 0, None
-    with (memo or contextlib.nullcontext(), reporter.task(
-            "fine-tuning", total=total_steps, completed=state.step) as advance):
-        while state.step < total_steps:
-            epoch, index = divmod(state.step, steps_per_epoch)
-            batch_ids = [plan[j] for j in epoch_batches(lengths, cfg.batch_size, cfg.seed,
-                                                        epoch, cfg.group_by_length)[index]]
-            loss = _train_step(model, optimizer, accelerator, train, batch_ids, world, rank,
-                               accumulation, pad_id, family, cfg.max_grad_norm)
-            scheduler.step()
-            state.step += 1
-            seen += sum(rows[i] for i in batch_ids)
-            last_loss = loss
-            record = {"step": state.step, "loss": loss, "lr": scheduler.get_last_lr()[0]}
-            if evals and (state.step == total_steps
-                          or (cfg.eval_every and state.step % cfg.eval_every == 0)):
-                record["eval_loss"] = evaluate_loss(model, evals, cfg.batch_size, pad_id,
-                                                    family, accelerator)
-                train_mode(model, frozen_parts)
-                _keep_best(state, record, accelerator, model, processor, cfg.output)
-            state.history.append(record)
-            _log(writer, record)
-            advance(1, loss=loss)
-            if cfg.save_every and state.step % cfg.save_every == 0 and state.step < total_steps:
-                _save_checkpoint(cfg, accelerator, model, optimizer, scheduler, state, rank)
+    try:
+        with (recorded_stops(cfg.output, state, total_steps, accelerator.is_main_process),
+              memo or contextlib.nullcontext(),
+              reporter.task("fine-tuning", total=total_steps, completed=state.step) as advance):
+            while state.step < total_steps:
+                epoch, index = divmod(state.step, steps_per_epoch)
+                batch_ids = [plan[j] for j in epoch_batches(
+                    lengths, cfg.batch_size, cfg.seed, epoch, cfg.group_by_length)[index]]
+                loss, grad_norm = _train_step(model, optimizer, accelerator, train, batch_ids,
+                                              world, rank, accumulation, pad_id, family,
+                                              cfg.max_grad_norm)
+                check_finite(state.step + 1, total_steps, loss, grad_norm, output=cfg.output,
+                             learning_rate=cfg.learning_rate)
+                scheduler.step()
+                state.step += 1
+                seen += sum(rows[i] for i in batch_ids)
+                last_loss = loss
+                record = {"step": state.step, "loss": loss, "lr": scheduler.get_last_lr()[0]}
+                if evals and (state.step == total_steps
+                              or (cfg.eval_every and state.step % cfg.eval_every == 0)):
+                    record["eval_loss"] = evaluate_loss(model, evals, cfg.batch_size, pad_id,
+                                                        family, accelerator)
+                    train_mode(model, frozen_parts)
+                    _keep_best(state, record, accelerator, model, processor, cfg.output, base)
+                state.history.append(record)
+                _log(writer, record)
+                advance(1, loss=loss)
+                if (cfg.save_every and state.step % cfg.save_every == 0
+                        and state.step < total_steps):
+                    _save_checkpoint(cfg, accelerator, model, optimizer, scheduler, state, rank)
+    finally:
+        if writer is not None:
+            writer.close()
     elapsed = time.perf_counter() - started
 
     # --- save --------------------------------------------------------------------------------
     adapter = cfg.output / ("model" if cfg.method == "full" else "adapter")
     if accelerator.is_main_process:
-        save_adapter(accelerator.unwrap_model(model), processor, adapter)
+        save_adapter(accelerator.unwrap_model(model), processor, adapter, base)
         summary = {"steps": state.step, "final_loss": last_loss,
                    "best_eval_loss": state.best_eval_loss, "best_step": state.best_step,
                    "seconds": round(elapsed, 3), "samples": seen,  # data rows, repeats counted
@@ -187,8 +202,6 @@ def finetune(cfg: FinetuneConfig, reporter: Reporter | None = None) -> RunResult
             summary["vision_tower_rows"] = {"computed": memo.computed, "served": memo.served}
         write_json_atomic(cfg.output / "history.json", state.history)
         mark_finished(cfg.output, summary)
-    if writer is not None:
-        writer.close()
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return RunResult(cfg.output, adapter, state.step, last_loss, state.best_eval_loss, elapsed,
@@ -196,8 +209,10 @@ def finetune(cfg: FinetuneConfig, reporter: Reporter | None = None) -> RunResult
 
 
 def _train_step(model, optimizer, accelerator, samples, batch_ids, world, rank, accumulation,
-                pad_id, family, max_grad_norm) -> float:
-    """One optimizer step over a global batch; returns the global mean answer-token loss."""
+                pad_id, family, max_grad_norm) -> tuple[float, float | None]:
+    """One optimizer step over a global batch: the global mean answer-token loss and the
+    gradient norm (None where it is not measured). A step whose loss or norm is not finite is
+    not applied, so the weights stay those of the last good step."""
     import torch
 
     # The model predicts token t+1 from t, so the first label never counts.
@@ -218,11 +233,20 @@ def _train_step(model, optimizer, accelerator, samples, batch_ids, world, rank, 
             # DDP averages gradients over processes: scale so the result is sum / n_tokens.
             accelerator.backward(total * world / n_tokens)
         loss_sum += total.detach()
-    if max_grad_norm:
-        accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
-    optimizer.step()
+    norm = accelerator.clip_grad_norm_(model.parameters(), max_grad_norm) if max_grad_norm \
+        else None
+    # fp16's gradient scaler expects inf norms now and then and skips those steps itself.
+    if not isinstance(norm, torch.Tensor) or accelerator.scaler is not None:
+        norm = None
+    watched = accelerator.reduce(loss_sum, reduction="sum").reshape(1)
+    if norm is not None:
+        watched = torch.cat([watched, norm.detach().float().reshape(1).to(watched.device)])
+    values = watched.tolist()  # the step's one device sync, as before
+    loss, grad_norm = values[0] / n_tokens, (values[1] if norm is not None else None)
+    if math.isfinite(loss) and (grad_norm is None or math.isfinite(grad_norm)):
+        optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return float(accelerator.reduce(loss_sum, reduction="sum")) / n_tokens
+    return loss, grad_norm
 
 
 def token_loss_sum(model, inputs: dict[str, Any]):
@@ -261,8 +285,9 @@ def evaluate_loss(model, samples, batch_size, pad_id, family, accelerator) -> fl
     return total / max(count, 1)
 
 
-def save_adapter(model, processor, folder: Path) -> None:
-    """PEFT-format adapter + processor files, published atomically."""
+def save_adapter(model, processor, folder: Path, base: BaseIdentity | None = None) -> None:
+    """PEFT-format adapter + processor files (+ the identity of its base), published
+    atomically."""
     import shutil
 
     temp = ckpt.temp_dir_for(folder)
@@ -270,6 +295,8 @@ def save_adapter(model, processor, folder: Path) -> None:
     try:
         model.save_pretrained(temp)
         processor.save_pretrained(temp)
+        if base is not None:
+            write_record(temp, base)
         ckpt.publish(temp, folder)
     except BaseException:  # a full disk, say: no half adapter left behind
         shutil.rmtree(temp, ignore_errors=True)
@@ -309,11 +336,11 @@ def _load_weights(model, folder: Path) -> None:
         model.load_state_dict(load_file(str(folder / "model.safetensors")), strict=False)
 
 
-def _keep_best(state, record, accelerator, model, processor, output: Path) -> None:
+def _keep_best(state, record, accelerator, model, processor, output: Path, base) -> None:
     if state.best_eval_loss is None or record["eval_loss"] < state.best_eval_loss:
         state.best_eval_loss, state.best_step = record["eval_loss"], record["step"]
         if accelerator.is_main_process:
-            save_adapter(accelerator.unwrap_model(model), processor, output / "best")
+            save_adapter(accelerator.unwrap_model(model), processor, output / "best", base)
 
 
 def _samples(data, fmt, cfg, reporter, name, repeat=True):

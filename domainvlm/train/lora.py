@@ -146,6 +146,23 @@ def freeze_components(model: Any, components: list[str]) -> None:
             param.requires_grad_(False)
 
 
+def may_leave_trainables_unused(model: Any) -> bool:
+    """Whether some trainable parameter may get no gradient in a step, so DDP must look for
+    unused parameters (it fails on the second step otherwise).
+
+    Decided from what trains, whatever made it trainable (LoRA, `train_fully`, full training):
+    a vision tower or projector holds layers a forward never reaches (LLaVA reads the
+    second-to-last CLIP layer and never uses CLIP's pooled head), and parts outside the known
+    components may be used only by some inputs. A trained language model and its LM head are
+    reached by every step, and there the search (a graph walk per step) is skipped.
+    """
+    for name, param in model.named_parameters():
+        if param.requires_grad and component_of(name) != "language" and \
+                "lm_head" not in name.split("."):
+            return True
+    return False
+
+
 def untrained_modules(model: Any) -> list[Any]:
     """Modules of the parts in which no parameter trains, for train_mode to keep in eval."""
     training = {component_of(name) for name, p in model.named_parameters() if p.requires_grad}

@@ -62,6 +62,12 @@ def check_output(output: Path, settings: dict[str, Any], *, resume: bool,
                 f"output folder {output} already holds this finished run; pass --overwrite to "
                 "train it again"
             )
+        if run.get("status") == "failed":
+            raise OutputExistsError(
+                f"output folder {output} holds a run of this config that failed "
+                f"({run.get('error', 'no reason recorded')}); pass --overwrite to start over, "
+                "or --resume to continue from its last checkpoint"
+            )
         raise OutputExistsError(
             f"output folder {output} holds an interrupted run of this config; pass --resume to "
             "continue it or --overwrite to start over"
@@ -73,10 +79,17 @@ def claim_output(output: Path, settings: dict[str, Any], *, overwrite: bool) -> 
     if overwrite and output.is_dir():
         shutil.rmtree(output)
     output.mkdir(parents=True, exist_ok=True)
-    if read_run(output) is None:
-        write_json_atomic(output / RUN_FILE, {"config": settings, "status": "running"})
+    # A resumed run keeps its record but is running again: why it stopped last time is past.
+    run = read_run(output) or {"config": settings}
+    write_json_atomic(output / RUN_FILE, {"config": run["config"], "status": "running"})
 
 
 def mark_finished(output: Path, summary: dict[str, Any]) -> None:
+    mark_stopped(output, "finished", {"summary": summary})
+
+
+def mark_stopped(output: Path, status: str, details: dict[str, Any]) -> None:
+    """Record how the run ended: finished, failed (with the error) or interrupted."""
     run = read_run(output) or {}
-    write_json_atomic(output / RUN_FILE, {**run, "status": "finished", "summary": summary})
+    write_json_atomic(output / RUN_FILE, {"config": run.get("config"), "status": status,
+                                          **details})
