@@ -252,6 +252,37 @@ def test_rows_split_over_packs_at_max_length_and_rows_without_image_stay_alone()
     assert packs[2]["input_ids"].tolist() == [5, 6, 7]
 
 
+def test_per_token_keys_of_more_dimensions_are_packed_per_token():
+    # A cross-attention mask (L, images, tiles), as Mllama's processor returns, follows its
+    # tokens: each packed row rebuilt from the pack is the row alone, in every key.
+    image = 9
+    rows = [sample([5, image, 2, 6, 7, 8], 4), sample([5, image, 2, 4, 7], 3)]
+    for row in rows:  # one image of one tile (of two): tokens from the image on see it
+        mask = torch.zeros(len(row["input_ids"]), 1, 2, dtype=torch.long)
+        mask[1:, 0, 0] = 1
+        row["cross_attention_mask"] = mask
+    [pack], _ = pack_by_image(rows, [1, 1], ["a", "a"], 100, image)
+    assert pack["cross_attention_mask"].shape == (len(pack["input_ids"]), 1, 2)
+    segments = pack[SEGMENT_KEY]
+    for k, row in enumerate(rows, start=PREFIX + 1):
+        keep = (segments == PREFIX) | (segments == k)
+        for key in ("input_ids", "labels", "cross_attention_mask"):
+            assert torch.equal(pack[key][keep], row[key]), key
+
+
+def test_collate_pads_per_token_keys_of_more_dimensions():
+    short, long = sample([5, 9, 6, 7], 2), sample([5, 9, 9, 6, 7, 8], 3)
+    short["cross_attention_mask"] = torch.ones(4, 1, 2, dtype=torch.long)
+    long["cross_attention_mask"] = torch.ones(6, 2, 2, dtype=torch.long)  # two images
+    batch = collate([short, long], pad_token_id=0)
+    mask = batch["cross_attention_mask"]
+    assert mask.shape == (2, 6, 2, 2)
+    assert mask[0, :4, 0].eq(1).all() and mask[0, :4, 1].eq(0).all()  # no second image
+    assert mask[0, 4:].eq(0).all()  # padding tokens see no image
+    assert torch.equal(mask[1], long["cross_attention_mask"])
+    assert batch["labels"][0, 4:].eq(IGNORE_INDEX).all()
+
+
 def test_rows_that_differ_before_their_image_cannot_share_it():
     image = 9
     rows = [sample([5, 1, image, 7, 8], 4), sample([5, 2, image, 7, 3], 4)]

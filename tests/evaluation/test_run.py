@@ -60,7 +60,8 @@ def read_predictions(folder):
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("family", "false_premises"), [("llava", False), ("qwen2-vl", True)])
+@pytest.mark.parametrize(("family", "false_premises"),
+                         [("llava", False), ("qwen2-vl", True), ("mllama", False)])
 def test_evaluate_writes_one_prediction_per_record_and_all_metrics(
         tiny_models, shapes_data, tmp_path, family, false_premises):
     model = str(tiny_models(family))
