@@ -86,6 +86,27 @@ def test_a_tiny_family_ends_its_turn_with_a_special_token_the_tokenizer_does_not
     assert tokenizer.added_tokens_decoder[eot].special
 
 
+@pytest.mark.parametrize("family", [f for f in ALL_FAMILIES if f != "paligemma"])
+@pytest.mark.parametrize("n_images", [1, 2])
+def test_a_sample_is_what_the_processor_gives_for_the_whole_conversation(tiny_models, family,
+                                                                         n_images):
+    """Every key (masks of any shape, token types, image tensors) of a sample, answer
+    appended, equals the processor's own output for the prompt text followed by the answer
+    and the end-of-turn marker: the processor, not a rule of ours, says what answer tokens
+    carry (PaliGemma, whose answers are marked as a suffix, is checked above)."""
+    fmt = prompt_format(tiny_models(family))
+    images = [scene(), scene("blue", "right")][:n_images]
+    sample = encode_record(Record(images, "Where is it?", "left lung", "t:1"), fmt, 4096)
+    tokenizer = fmt.processor.tokenizer
+    text = (fmt.prompt("Where is it?", n_images) + fmt.answer_prefix + "left lung"
+            + tokenizer.convert_ids_to_tokens(fmt.end_of_turn_id))
+    whole = fmt.processor(**fmt.processor_inputs(text, [images]), return_tensors="pt")
+    assert set(sample) - {"labels"} == set(whole)
+    for key, value in whole.items():
+        per_token = value.shape[:2] == (1, len(sample["input_ids"]))
+        assert torch.equal(value[0] if per_token else value, sample[key]), key
+
+
 @pytest.mark.parametrize("family", ALL_FAMILIES)
 def test_prompt_matches_what_generation_sees(tiny_models, family):
     """The prompt part of a training sample is token for token the inference prompt."""
