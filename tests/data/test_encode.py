@@ -148,7 +148,36 @@ def test_collate_pads_with_masked_labels_and_model_accepts_batch(tiny_models, fa
     assert torch.isfinite(out.loss)
 
 
-@pytest.mark.parametrize("family", ["llava", "llava-next", "qwen2-vl", "qwen2.5-vl", "idefics3"])
+def row_losses(model, batch) -> list[float]:
+    """Each row's summed answer-token loss."""
+    import torch.nn.functional as F
+
+    batch = dict(batch)
+    labels = batch.pop("labels")
+    with torch.no_grad():
+        logits = model(**batch).logits.float()
+    losses = F.cross_entropy(logits[:, :-1].transpose(1, 2), labels[:, 1:],
+                             ignore_index=IGNORE_INDEX, reduction="none")
+    return losses.sum(1).tolist()
+
+
+@pytest.mark.parametrize("family", [f for f in ALL_FAMILIES if f != "paligemma"])
+def test_rows_with_different_image_counts_batch_to_their_own_losses(tiny_models, family):
+    from transformers import AutoModelForImageTextToText
+
+    folder = tiny_models(family)
+    fmt = prompt_format(folder)
+    rows = [encode_record(Record([scene()], "Where is it?", "left lung", "b:1"), fmt, 1024),
+            encode_record(Record([scene(), scene("blue", "right")], "Same colour?", "no",
+                                 "b:2"), fmt, 1024)]
+    model = AutoModelForImageTextToText.from_pretrained(folder).eval()
+    pad = fmt.processor.tokenizer.pad_token_id
+    alone = [row_losses(model, collate([row], pad))[0] for row in rows]
+    assert row_losses(model, collate(rows, pad)) == pytest.approx(alone, rel=1e-5)
+
+
+@pytest.mark.parametrize("family", ["llava", "llava-next", "qwen2-vl", "qwen2.5-vl", "idefics3",
+                                    "mllama"])
 def test_multi_image_records(tiny_models, family):
     fmt = prompt_format(tiny_models(family))
     one = encode_record(Record([scene()], "Same?", "no", "m:1"), fmt, 1024)
