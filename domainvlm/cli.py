@@ -15,9 +15,10 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from domainvlm.families import family_names
+from domainvlm.tiny import FAMILIES as TINY_FAMILIES
 
-FamilyName = enum.Enum("FamilyName", {name: name for name in family_names()}, type=str)
+# The tiny-model factory's families: the table's, and Mllama, which runs the generic path.
+TinyFamily = enum.Enum("TinyFamily", {name: name for name in TINY_FAMILIES}, type=str)
 
 app = typer.Typer(
     help="Adapt pretrained vision-language models to domain data with LoRA.\n\n"
@@ -207,7 +208,7 @@ def merge_command(
 
 @app.command("tiny-model")
 def tiny_model_command(
-    family: Annotated[FamilyName, typer.Option(help="Architecture family to build.")],
+    family: Annotated[TinyFamily, typer.Option(help="Architecture family to build.")],
     output: Annotated[Path, typer.Option(help="Folder to write the model into (new or "
                                           "empty).")],
     seed: int = 0,

@@ -19,8 +19,6 @@ class Family:
     # "chat": the prompt comes from the processor's chat template.
     # "plain": the processor builds the prompt itself from the question (PaliGemma).
     prompt_style: str = "chat"
-    # Idefics3 / SmolVLM processors want one list of images per sample.
-    nest_images: bool = False
     # Per-token keys whose value for answer tokens differs from 0 (PaliGemma's suffix mask).
     answer_token_values: dict[str, int] = field(default_factory=dict)
     # Processor knobs for image resolution: CLI name -> image-processor `size` key.
@@ -48,7 +46,7 @@ FAMILIES: tuple[Family, ...] = (
            packs_questions=True),
     Family("qwen2-vl", ("qwen2_vl",), resolution_keys=_QWEN_RESOLUTION),
     Family("qwen2.5-vl", ("qwen2_5_vl",), resolution_keys=_QWEN_RESOLUTION),
-    Family("idefics3", ("idefics3", "smolvlm"), nest_images=True, image_features_as="tensor"),
+    Family("idefics3", ("idefics3", "smolvlm"), image_features_as="tensor"),
     Family(
         "paligemma",
         ("paligemma",),

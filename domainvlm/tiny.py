@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-FAMILIES = ("llava", "llava-next", "qwen2-vl", "qwen2.5-vl", "idefics3", "paligemma", "fast-vlm")
+FAMILIES = ("llava", "llava-next", "qwen2-vl", "qwen2.5-vl", "idefics3", "paligemma", "fast-vlm",
+            "mllama")
 
 _VOCAB_SIZE = 1500
 FAST_VLM_STRIDE = 32  # FastViT's last feature map: one image token per 32x32 pixels
@@ -221,6 +222,20 @@ _IDEFICS3_TEMPLATE = (
     "{%- endfor -%}{{ '<end_of_utterance>\n' }}"
     "{%- endif -%}{%- endfor -%}"
     "{%- if add_generation_prompt -%}{{ 'Assistant:' }}{%- endif -%}"
+)
+
+# meta-llama/Llama-3.2-11B-Vision-Instruct, without its optional system and tool blocks. The
+# turn ends with <|eot_id|>: a special token the tokenizer does not name (its eos is
+# <|end_of_text|>), as in the original.
+_MLLAMA_TEMPLATE = (
+    "{{- bos_token }}{%- for message in messages -%}" + _ITEMS
+    + "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' }}"
+    "{%- if message['role'] == 'assistant' -%}"
+    "{% generation %}{{ text + '<|eot_id|>' }}{% endgeneration %}"
+    "{%- else -%}{{ '<|image|>' * n_images + text + '<|eot_id|>' }}{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}"
+    "{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{%- endif -%}"
 )
 
 
@@ -440,6 +455,41 @@ def _paligemma(size: int, dims: ModelSize) -> Built:
     return tf.PaliGemmaForConditionalGeneration(config), proc
 
 
+def _mllama(size: int, dims: ModelSize) -> Built:
+    """Llama 3.2 Vision: the text model reads the image through cross-attention layers, so the
+    prompt holds one <|image|> token per image and the processor returns a per-token
+    cross-attention mask of shape (1, L, images, tiles), not image tokens in the sequence."""
+    import transformers as tf
+
+    tok = _tokenizer(
+        ["<|begin_of_text|>", "<|end_of_text|>", "<|finetune_right_pad_id|>",
+         "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<|image|>", "<|python_tag|>"],
+        bos_token="<|begin_of_text|>",
+        eos_token="<|end_of_text|>",
+        pad_token="<|finetune_right_pad_id|>",
+    )
+    tiles, patch = 2, size // (4 * dims.grid)
+    images = tf.MllamaImageProcessor(size={"height": size, "width": size}, max_image_tiles=tiles)
+    proc = tf.MllamaProcessor(images, tok, chat_template=_MLLAMA_TEMPLATE)
+    vision = tf.MllamaVisionConfig(
+        hidden_size=dims.vision_hidden, intermediate_size=2 * dims.vision_hidden,
+        num_hidden_layers=dims.vision_layers, num_global_layers=1, attention_heads=2,
+        image_size=size, patch_size=patch, max_num_tiles=tiles,
+        intermediate_layers_indices=[0], vision_output_dim=2 * dims.vision_hidden,
+        supported_aspect_ratios=[[1, 1], [1, 2], [2, 1]],  # those of max_image_tiles=2
+    )
+    text = tf.MllamaTextConfig(**_text_kwargs(tok, dims), cross_attention_layers=[1])
+    config = tf.MllamaConfig(vision_config=vision, text_config=text,
+                             image_token_index=tok.convert_tokens_to_ids("<|image|>"))
+    model = tf.MllamaForConditionalGeneration(config)
+    # The gates of the cross-attention layers start closed (tanh(0) = 0), so an untrained model
+    # ignores its images and no gradient reaches the tower; open them, as training would.
+    for name, param in model.named_parameters():
+        if name.endswith(("cross_attn_attn_gate", "cross_attn_mlp_gate")):
+            param.data.fill_(1.0)
+    return model, proc
+
+
 _BUILDERS: dict[str, Callable[[int, ModelSize], Built]] = {
     "llava": _llava,
     "llava-next": _llava_next,
@@ -448,7 +498,10 @@ _BUILDERS: dict[str, Callable[[int, ModelSize], Built]] = {
     "idefics3": _idefics3,
     "paligemma": _paligemma,
     "fast-vlm": _fast_vlm,
+    "mllama": _mllama,
 }
+
+_END_OF_TURN = {"mllama": "<|eot_id|>"}
 
 _CARD = """---
 library_name: transformers
@@ -489,6 +542,8 @@ def build_tiny_model(
     tok = processor.tokenizer
     gen = model.generation_config  # so generate() stops at the end-of-turn token
     gen.bos_token_id, gen.eos_token_id = tok.bos_token_id, tok.eos_token_id
+    if family in _END_OF_TURN:  # a turn marker apart from eos: generation stops at either
+        gen.eos_token_id = [tok.convert_tokens_to_ids(_END_OF_TURN[family]), tok.eos_token_id]
     gen.pad_token_id = tok.pad_token_id
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)

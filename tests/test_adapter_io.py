@@ -58,10 +58,9 @@ def batch(folder, shapes_data):
     records = load_records(shapes_data["eval"])[:2]
     assert len(records[0].question) != len(records[1].question)
     images = [[open_image(ref, r.source) for ref in r.images] for r in records]
-    flat = images if family.nest_images else [i for imgs in images for i in imgs]
     processor.tokenizer.padding_side = "left"
-    return processor(text=[fmt.prompt(r.question, 1) for r in records], images=flat,
-                     padding=True, return_tensors="pt")
+    prompts = [fmt.prompt(r.question, 1) for r in records]
+    return processor(**fmt.processor_inputs(prompts, images), padding=True, return_tensors="pt")
 
 
 def logits(model, inputs):

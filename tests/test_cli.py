@@ -130,12 +130,16 @@ def test_every_command_has_help(command):
     assert result.returncode == 0 and "Usage" in result.stdout
 
 
-def test_tiny_model_command_writes_a_loadable_model(tmp_path):
+@pytest.mark.parametrize(("family", "architecture"), [
+    ("qwen2-vl", "Qwen2VLForConditionalGeneration"),
+    ("mllama", "MllamaForConditionalGeneration"),  # no family-table entry: the generic path
+])
+def test_tiny_model_command_writes_a_loadable_model(tmp_path, family, architecture):
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    assert cli("tiny-model", "--family", "qwen2-vl", "--output", tmp_path / "m").returncode == 0
+    assert cli("tiny-model", "--family", family, "--output", tmp_path / "m").returncode == 0
     assert type(AutoModelForImageTextToText.from_pretrained(tmp_path / "m")).__name__ == \
-        "Qwen2VLForConditionalGeneration"
+        architecture
     AutoProcessor.from_pretrained(tmp_path / "m")
     result = cli("tiny-model", "--family", "gpt", "--output", tmp_path / "g")
     assert result.returncode == 2 and "'gpt' is not one of 'llava'" in result.stderr

@@ -199,7 +199,7 @@ DOMAIN = [
     ("nano pretrain", ["--no-such-option"], r"no such option"),
     ("nano path", ["extra"], r"unexpected extra argument"),
     ("dicom info", ["{tmp}/nothing"], r"no such file or folder"),
-    ("dicom deid", ["{cohort}", "{tmp}/o"], r"no project key: make one with `domainvlm dicom keygen"),
+    ("dicom deid", ["{cohort}", "{tmp}/o"], r"no project key: make one with `domainvlm dicom"),
     ("dicom synth", ["{tmp}/o", "--patients", "0"],
      r"--patients.*greater than or equal to 1"),
     ("dicom build-vqa", ["{cohort}", "{labels}", "{tmp}/o", "--project-key", KEY,

@@ -21,6 +21,7 @@ ARCHITECTURES = {
     "idefics3": "Idefics3ForConditionalGeneration",
     "paligemma": "PaliGemmaForConditionalGeneration",
     "fast-vlm": "FastVlmForConditionalGeneration",
+    "mllama": "MllamaForConditionalGeneration",
 }
 CHAT_FAMILIES = [f for f in FAMILIES if f != "paligemma"]
 END_OF_TURN = {
@@ -30,6 +31,7 @@ END_OF_TURN = {
     "qwen2.5-vl": "<|im_end|>",
     "idefics3": "<end_of_utterance>",
     "fast-vlm": "</s>",
+    "mllama": "<|eot_id|>",
 }
 QUESTION = "Is there a lesion?"
 
@@ -64,9 +66,7 @@ def _inputs(family: str, processor, n_images: int = 1):
             _user(n_images), add_generation_prompt=True, tokenize=False
         )
     images = [_image((40 * i, 100, 200)) for i in range(n_images)]
-    if family == "idefics3":
-        images = [images]
-    inputs = processor(images=images, text=prompt, return_tensors="pt")
+    inputs = processor(images=[images], text=prompt, return_tensors="pt")  # one list per prompt
     inputs.pop("labels", None)  # PaliGemma returns labels; the test passes its own
     return inputs
 
@@ -110,7 +110,9 @@ def test_chat_template_turn_ends_with_end_of_turn(family: str, built: dict[str, 
     assert full.startswith(prompt)
     assert full[full.rindex("yes") + 3 :].startswith(END_OF_TURN[family])
     eot = END_OF_TURN[family]
-    assert eot in processor.tokenizer.all_special_tokens
+    tokenizer = processor.tokenizer
+    # A special token, named (eos) or not (Llama 3's <|eot_id|>).
+    assert tokenizer.added_tokens_decoder[tokenizer.convert_tokens_to_ids(eot)].special
     # Plain-string content renders too, through the tokenizer's own template.
     tokenizer = transformers.AutoTokenizer.from_pretrained(built[family])
     text = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False)

@@ -1,12 +1,17 @@
 """Processed tensors computed once and kept on disk, keyed by data + processor fingerprint.
 
 Peers re-run the processor on every epoch and every run; a key that covers the records, the
-image bytes, the processor files and the prompt layout means a hit is always safe to reuse.
+image bytes, the processor files, the prompt layout and the code that encodes (our encoding
+modules' source, the transformers / tokenizers / Pillow / torch versions) means a hit is
+always safe to reuse, also after an upgrade that changes how samples are made.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import importlib.metadata
+import importlib.util
 import json
 import os
 import pickle
@@ -21,6 +26,11 @@ from domainvlm.data.prompting import PromptFormat
 from domainvlm.data.records import Record
 
 CACHE_FORMAT = 1
+# Our modules whose code runs while a record becomes a sample (checked in the tests against the
+# modules seen executing while encoding), and the distributions whose code does the rest.
+ENCODING_MODULES = ("domainvlm.data.cache", "domainvlm.data.encode", "domainvlm.data.images",
+                    "domainvlm.data.prompting", "domainvlm.families")
+ENCODING_DISTRIBUTIONS = ("transformers", "tokenizers", "pillow", "torch")
 
 
 def default_cache_dir() -> Path:
@@ -40,10 +50,22 @@ def processor_fingerprint(processor: Any) -> str:
     return digest.hexdigest()
 
 
+@functools.cache
+def code_fingerprint() -> str:
+    """Hash of the source of `ENCODING_MODULES` and the versions of `ENCODING_DISTRIBUTIONS`."""
+    digest = hashlib.sha256()
+    for name in ENCODING_MODULES:
+        digest.update(name.encode())
+        digest.update(Path(importlib.util.find_spec(name).origin).read_bytes())
+    for name in ENCODING_DISTRIBUTIONS:
+        digest.update(f"{name}=={importlib.metadata.version(name)}".encode())
+    return digest.hexdigest()
+
+
 def data_fingerprint(records: list[Record], fmt: PromptFormat, max_length: int) -> str:
     digest = hashlib.sha256()
-    header = [CACHE_FORMAT, processor_fingerprint(fmt.processor), fmt.family.name,
-              fmt.answer_prefix, fmt.end_of_turn_id, max_length]
+    header = [CACHE_FORMAT, code_fingerprint(), processor_fingerprint(fmt.processor),
+              fmt.family.name, fmt.answer_prefix, fmt.end_of_turn_id, max_length]
     digest.update(json.dumps(header).encode())
     for record in records:
         row = [record.question, record.answer, [image_digest(ref) for ref in record.images]]

@@ -1,8 +1,11 @@
 """Records to model-ready tensors, with loss only on answer tokens.
 
-Each sample keeps 1-D per-token tensors (input_ids, attention_mask, labels, and any other
-per-token key the processor returns, such as PaliGemma's token_type_ids or Qwen's
-mm_token_type_ids) and the processor's image tensors as it returned them.
+Each sample keeps per-token tensors, first dimension the token (input_ids, attention_mask,
+labels, and any other per-token key the processor returns, such as PaliGemma's token_type_ids,
+Qwen's mm_token_type_ids or Mllama's (L, images, tiles) cross_attention_mask), and the
+processor's image tensors as it returned them. Which keys are per token is read off what the
+processor returns (an integer tensor whose second dimension is the prompt's length), not
+off a family table, so a processor not seen before is handled alike.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ def encode_record(record: Record, fmt: PromptFormat, max_length: int) -> Sample:
         raise DataError(f"{record.source}: {len(images)} images, but the {fmt.family.name} "
                         "family takes one image per prompt")
     prompt = fmt.prompt(record.question, len(images))
-    batch = fmt.processor(**fmt.processor_inputs(prompt, images), return_tensors="pt")
+    batch = fmt.processor(**fmt.processor_inputs(prompt, [images]), return_tensors="pt")
     prompt_ids = batch["input_ids"][0]
     target = torch.tensor(fmt.target_ids(record.answer), dtype=prompt_ids.dtype)
     n_prompt, total = len(prompt_ids), len(prompt_ids) + len(target)
@@ -41,8 +44,8 @@ def encode_record(record: Record, fmt: PromptFormat, max_length: int) -> Sample:
         )
     sample: Sample = {}
     for key, value in batch.items():
-        if _is_per_token(value, n_prompt):
-            fill = target if key == "input_ids" else _answer_fill(key, fmt, len(target))
+        if is_per_token(value, n_prompt):
+            fill = target if key == "input_ids" else _answer_fill(key, value[0], fmt, len(target))
             sample[key] = torch.cat([value[0], fill.to(value.dtype)])
         else:
             sample[key] = value
@@ -52,18 +55,26 @@ def encode_record(record: Record, fmt: PromptFormat, max_length: int) -> Sample:
     return sample
 
 
-def _is_per_token(value: Any, length: int) -> bool:
+def is_per_token(value: Any, length: int) -> bool:
+    """Whether a processor output (batch of one) holds a value per token of a `length`-token
+    prompt: (1, L) ids and masks, (1, L, images, tiles) cross-attention masks. Image tensors
+    are floating point, or (like image_grid_thw) not L long."""
     import torch
 
-    return (isinstance(value, torch.Tensor) and value.ndim == 2 and value.shape == (1, length)
-            and not value.is_floating_point())
+    return (isinstance(value, torch.Tensor) and value.ndim >= 2 and value.shape[0] == 1
+            and value.shape[1] == length and not value.is_floating_point())
 
 
-def _answer_fill(key: str, fmt: PromptFormat, n: int):
+def _answer_fill(key: str, prompt_values, fmt: PromptFormat, n: int):
+    """Values of `key` for the `n` answer tokens: the family's, else the last prompt token's
+    (attention 1, text type 0, the images that token attends to), as the processor would give
+    the answer had it been part of the text."""
     import torch
 
-    default = 1 if key == "attention_mask" else 0
-    return torch.full((n,), fmt.family.answer_token_values.get(key, default), dtype=torch.long)
+    if key in fmt.family.answer_token_values:
+        value = torch.tensor(fmt.family.answer_token_values[key], dtype=prompt_values.dtype)
+        return value.expand(n, *prompt_values.shape[1:])
+    return prompt_values[-1:].expand(n, *prompt_values.shape[1:])
 
 
 def image_token_id(processor: Any) -> int | None:

@@ -94,16 +94,22 @@ def check_packable(family: Family, attention: str) -> None:
 
 def _shared_prefix(members: Sequence[Sample]) -> int:
     """Tokens at the start that every member has alike (every per-token key but the labels),
-    stopping before the first trained token of any."""
+    stopping before the token that predicts any member's first trained token.
+
+    That token must belong to each row: in the prefix, only the first row would follow it, and
+    every later row's first answer token would be predicted from the row before it (rows that
+    share their whole prompt: a repeated record, or one question asked twice).
+    """
     first = members[0]
     keys = [k for k in first if k != "labels" and is_token_key([first], k)]
-    length = min(int((s["labels"] != IGNORE_INDEX).nonzero()[0]) for s in members)
+    length = min(int((s["labels"] != IGNORE_INDEX).nonzero()[0]) for s in members) - 1
     for sample in members[1:]:
         for key in keys:
-            differs = (first[key][:length] != sample[key][:length]).nonzero()
+            differs = (first[key][:length] != sample[key][:length])
+            differs = differs.reshape(len(differs), -1).any(1).nonzero()  # (L, ...) per token
             if len(differs):
                 length = int(differs[0])
-    return length
+    return max(length, 0)
 
 
 def _chunks(samples: Sequence[Sample], rows: list[int], prefix: int,

@@ -55,8 +55,8 @@ class PromptFormat:
         rest = full[len(prompt):]
         start = rest.index(_PROBE_ANSWER)
         after = tokenizer(rest[start + len(_PROBE_ANSWER):], add_special_tokens=False).input_ids
-        special = set(tokenizer.all_special_ids)
-        end_id = after[0] if after and after[0] in special else tokenizer.eos_token_id
+        end_id = (after[0] if after and after[0] in special_ids(tokenizer)
+                  else tokenizer.eos_token_id)
         return cls(processor, family, rest[:start], _require_id(end_id, "end-of-turn"))
 
     def prompt(self, question: str, n_images: int) -> str:
@@ -72,9 +72,21 @@ class PromptFormat:
                                        add_special_tokens=False).input_ids
         return [*ids, self.end_of_turn_id]
 
-    def processor_inputs(self, prompt: str, images: list[Any]) -> dict[str, Any]:
-        """Keyword arguments for the processor call for one sample."""
-        return {"text": prompt, "images": [images] if self.family.nest_images else images}
+    def processor_inputs(self, prompts: str | list[str],
+                         images: list[list[Any]]) -> dict[str, Any]:
+        """Keyword arguments for the processor call: one prompt or a batch, and one list of
+        images per prompt. Every processor takes the images so (those that want them flat
+        flatten them, with the same result), while a flat list of a batch's images is read
+        by some (Idefics3, Mllama) as all the images of one prompt."""
+        return {"text": prompts, "images": images}
+
+
+def special_ids(tokenizer: Any) -> set[int]:
+    """Every special token the tokenizer knows: the named ones (eos, pad...) and the added
+    tokens flagged special without a name, as some families' turn markers are (Llama 3's
+    <|eot_id|>, Gemma's <end_of_turn>)."""
+    added = getattr(tokenizer, "added_tokens_decoder", {})
+    return set(tokenizer.all_special_ids) | {i for i, token in added.items() if token.special}
 
 
 def _require_id(token_id: int | None, what: str) -> int:

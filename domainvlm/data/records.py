@@ -3,6 +3,11 @@
 Every record keeps `source` ("train.jsonl:12") so that any later error can name it. A row
 may carry `repeat` (a whole number, default 1): training sees it that many times per epoch,
 for a question too rare in the data for the model to learn from one pass.
+
+Every field is checked by type and domain when the file is read, for training and evaluation
+alike: a wrong value is a DataError naming the record, the field and the value, never coerced
+(a string "false" is not a boolean, and a question type other than closed/open would only
+surface after generation, as a crash or a metric of its own).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ class Record:
     question_type: str | None = None  # "closed" / "open" when the data says so
     answerable: bool | None = None  # False for false-premise questions
     repeat: int = 1  # times training sees this record per epoch
+    category: str | None = None  # kind of question (presence, side...): accuracy per kind
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -52,18 +58,75 @@ def load_records(data: str | Path | Any) -> list[Record]:
 
 
 def _image_list(value: Any, base: Path, source: str) -> list[ImageRef]:
+    from PIL import Image
+
     if value is None:
         raise DataError(f"{source}: no image; every record needs `image` (a path or a list)")
     items = value if isinstance(value, list) else [value]
     if not items:
         raise DataError(f"{source}: `image` is an empty list")
-    return [base / item if isinstance(item, str) else item for item in items]
+    for item in items:
+        path = isinstance(item, str | Path) and str(item).strip()
+        if not (path or isinstance(item, Image.Image)):
+            raise DataError(f"{source}: `image` must be a file path (a non-empty string), an "
+                            f"image or a list of them, got {_shown(item)}")
+    return [base / item if isinstance(item, str | Path) else item for item in items]
+
+
+def _shown(value: Any) -> str:
+    """A bad value as the user wrote it, with its JSON type: `"no"` (a string)."""
+    kinds = {bool: "a boolean", int: "a number", float: "a number", str: "a string",
+             list: "a list", dict: "an object", type(None): "null"}
+    try:
+        text = json.dumps(value)
+    except TypeError:
+        text = repr(value)
+    return f"{text} ({kinds.get(type(value), type(value).__name__)})"
 
 
 def _text(value: Any, key: str, source: str) -> str:
-    if not isinstance(value, str) or not value.strip():
+    if value is None or isinstance(value, str) and not value.strip():
         raise DataError(f"{source}: `{key}` is empty or missing; every record needs a non-empty "
                         f"{key}")
+    if not isinstance(value, str):
+        raise DataError(f"{source}: `{key}` must be text (a JSON string), got {_shown(value)}")
+    return value.strip()
+
+
+QUESTION_TYPES = ("closed", "open")
+
+
+def _question_type(row: dict[str, Any], source: str) -> str | None:
+    """closed / open, from `question_type` or `answer_type` (VQA-RAD writes CLOSED)."""
+    found = {}
+    for key in ("question_type", "answer_type"):
+        value = row.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, str) or value.strip().lower() not in QUESTION_TYPES:
+            raise DataError(f"{source}: `{key}` must be \"closed\" or \"open\" (any case), got "
+                            f"{_shown(value)}; a kind of question (presence, size...) belongs "
+                            "in `category`")
+        found[key] = value.strip().lower()
+    if len(set(found.values())) > 1:
+        raise DataError(f"{source}: `question_type` {found['question_type']!r} and "
+                        f"`answer_type` {found['answer_type']!r} disagree; keep one")
+    return next(iter(found.values()), None)
+
+
+def _answerable(value: Any, source: str) -> bool | None:
+    if value is not None and not isinstance(value, bool):
+        raise DataError(f"{source}: `answerable` must be true or false (JSON booleans), got "
+                        f"{_shown(value)}")
+    return value
+
+
+def _category(value: Any, source: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise DataError(f"{source}: `category` must be a non-empty name (a JSON string), got "
+                        f"{_shown(value)}")
     return value.strip()
 
 
@@ -73,15 +136,16 @@ def _make_record(row: dict[str, Any], base: Path, source: str) -> Record:
         question=_text(row.get("question"), "question", source),
         answer=_text(row.get("answer"), "answer", source),
         source=source,
-        question_type=row.get("question_type") or row.get("answer_type"),
-        answerable=row.get("answerable"),
+        question_type=_question_type(row, source),
+        answerable=_answerable(row.get("answerable"), source),
         repeat=_repeat(row.get("repeat", 1), source),
+        category=_category(row.get("category"), source),
         extra={k: v for k, v in row.items() if k not in _KNOWN_KEYS},
     )
 
 
 _KNOWN_KEYS = {"image", "images", "question", "answer", "question_type", "answer_type",
-               "answerable", "repeat"}
+               "answerable", "repeat", "category"}
 
 
 def _repeat(value: Any, source: str) -> int:
@@ -126,7 +190,9 @@ def _records_from_llava_json(path: Path) -> Iterable[Record]:
             if roles != ("human", "gpt"):
                 raise DataError(f"{source}.conversations[{pair}]: turns must go human then gpt, "
                                 f"found {roles[0]!r} then {roles[1]!r}")
-            question = str(human.get("value", "")).replace("<image>", "").strip()
+            question = human.get("value")
+            if isinstance(question, str):
+                question = question.replace("<image>", "")
             yield _make_record(
                 {"image": row.get("image"), "question": question, "answer": gpt.get("value")},
                 path.parent,

@@ -48,8 +48,7 @@ def _answer_batch(model: Any, fmt: PromptFormat, chunk: list[Record],
     tokenizer = fmt.processor.tokenizer
     images = [[open_image(ref, r.source) for ref in r.images] for r in chunk]
     prompts = [fmt.prompt(r.question, len(imgs)) for r, imgs in zip(chunk, images, strict=True)]
-    flat = images if fmt.family.nest_images else [i for imgs in images for i in imgs]
-    inputs = fmt.processor(text=prompts, images=flat, padding=True,
+    inputs = fmt.processor(**fmt.processor_inputs(prompts, images), padding=True,
                            return_tensors="pt").to(model.device)
     with torch.no_grad():
         out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,

@@ -73,7 +73,7 @@ def _scores(features: dict[str, Any], keys: dict[int, str], train_records: list[
                                  [features[keys[id(r)]] for r in scored])
         common = Counter(_answer(r) for r in fit).most_common(1)[0][0]
         for record, guess in zip(scored, predicted, strict=True):
-            tally = hits[record.extra.get("category") or "uncategorised"]
+            tally = hits[record.category or "uncategorised"]
             tally[0] += guess == _answer(record)
             tally[1] += common == _answer(record)
             tally[2] += 1
@@ -138,7 +138,7 @@ def image_features(model: str, records: list[Record], keys: dict[int, str], *,
 
 def _closed(records: list[Record]) -> list[Record]:
     return [r for r in records if r.answerable is not False
-            and (str(r.question_type or "").strip().lower() == "closed"
+            and ((r.question_type or "").strip().lower() == "closed"
                  or (not r.question_type and is_closed_question(r.answer)))]
 
 

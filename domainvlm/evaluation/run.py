@@ -27,7 +27,7 @@ def score(records: list[Record], predictions: list[str]) -> dict[str, Any]:
     """VQA accuracy by question type; text metrics on open questions; abstention if marked."""
     references = [r.answer for r in records]
     # A record's own type wins (VQA-RAD writes "CLOSED"); untyped ones go by their answer.
-    types = [str(r.question_type).strip().lower() if r.question_type
+    types = [r.question_type.strip().lower() if r.question_type
              else "closed" if is_closed_question(r.answer) else "open" for r in records]
     metrics: dict[str, Any] = {"vqa": vqa_accuracy(predictions, references, types)}
     open_ids = [i for i, t in enumerate(types) if t == "open"]
@@ -37,7 +37,7 @@ def score(records: list[Record], predictions: list[str]) -> dict[str, Any]:
     if any(r.answerable is not None for r in records):
         metrics["abstention"] = abstention_rate(
             predictions, [r.answerable is not False for r in records])
-    categories = [r.extra.get("category") for r in records]
+    categories = [r.category for r in records]
     if any(categories):  # e.g. presence / side / size: accuracy per kind of question
         metrics["by_category"] = {
             name: vqa_accuracy([p for p, c in zip(predictions, categories, strict=True)
@@ -84,7 +84,7 @@ def _write_predictions(path: Path, records: list[Record], predictions: list[str]
             row = {"source": record.source, "question": record.question,
                    "answer": record.answer, "prediction": prediction,
                    "question_type": record.question_type, "answerable": record.answerable,
-                   "category": record.extra.get("category"),
+                   "category": record.category,
                    "images": [str(image) for image in record.images
                               if isinstance(image, str | Path)]}
             handle.write(json.dumps(row) + "\n")

@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import random
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import ALL_FAMILIES
 from transformers import AutoConfig, AutoProcessor
 
-from domainvlm.data.cache import atomic_torch_save, data_fingerprint, load_or_encode
+from domainvlm.data.cache import (
+    ENCODING_MODULES,
+    atomic_torch_save,
+    code_fingerprint,
+    data_fingerprint,
+    load_or_encode,
+)
+from domainvlm.data.encode import encode_records
 from domainvlm.data.prompting import PromptFormat
 from domainvlm.data.records import Record
 from domainvlm.families import family_for
@@ -197,3 +207,47 @@ def test_a_failed_rename_leaves_no_temp_file(tmp_path):
         atomic_torch_save([{"x": torch.arange(3)}], target)
     assert files(tmp_path) == ["taken.pt"]
     assert target.is_dir()
+
+
+def modules_run_by(call) -> set[str]:
+    """The domainvlm modules whose functions run during `call()`, seen by a profiler."""
+    seen: set[str] = set()
+
+    def profile(frame, event, arg):
+        if event == "call":
+            seen.add(frame.f_globals.get("__name__", ""))
+
+    sys.setprofile(profile)
+    try:
+        call()
+    finally:
+        sys.setprofile(None)
+    return {name for name in seen if name.split(".")[0] == "domainvlm"}
+
+
+@pytest.mark.parametrize("family", ALL_FAMILIES)
+def test_every_module_that_runs_while_encoding_is_in_the_key(records, tiny_models, tmp_path,
+                                                             family):
+    fmt = prompt_format(tiny_models(family))
+    several = records if fmt.family.multi_image else records[:2]
+    ran = modules_run_by(lambda: encode_records(several, fmt, MAX_LENGTH))
+    ran |= modules_run_by(lambda: load_or_encode(several, fmt, MAX_LENGTH,
+                                                 cache_dir=tmp_path / "c"))
+    assert "domainvlm.data.encode" in ran  # the profiler sees our code
+    assert ran <= set(ENCODING_MODULES)
+
+
+@pytest.mark.parametrize("distribution", ["transformers", "tokenizers", "pillow"])
+def test_an_upgrade_of_the_encoding_libraries_changes_the_key(records, llava, monkeypatch,
+                                                              distribution):
+    key = data_fingerprint(records, llava, MAX_LENGTH)
+    real = importlib.metadata.version
+    monkeypatch.setattr(importlib.metadata, "version",
+                        lambda name: "999.0" if name == distribution else real(name))
+    code_fingerprint.cache_clear()
+    try:
+        assert data_fingerprint(records, llava, MAX_LENGTH) != key
+    finally:
+        monkeypatch.undo()
+        code_fingerprint.cache_clear()
+    assert data_fingerprint(records, llava, MAX_LENGTH) == key

@@ -9,7 +9,7 @@ from transformers import AutoConfig, AutoProcessor
 
 from domainvlm.data.collate import collate
 from domainvlm.data.encode import IGNORE_INDEX, encode_record, image_token_id
-from domainvlm.data.prompting import PromptFormat
+from domainvlm.data.prompting import PromptFormat, user_message
 from domainvlm.data.records import Record
 from domainvlm.errors import DataError
 from domainvlm.families import family_for
@@ -48,6 +48,65 @@ def test_only_answer_and_end_of_turn_carry_loss(tiny_models, family, answer):
     assert (labels[sample["input_ids"] == img] == IGNORE_INDEX).all()
 
 
+def template_answer_tokens(fmt: PromptFormat, question: str, answer: str) -> list[int]:
+    """What the model must write for `answer`, by the model's own rules: the tokens the chat
+    template marks as the assistant's (its {% generation %} block, end of turn included), or
+    for PaliGemma, which has no template, the tokens its processor labels as the suffix."""
+    processor, tokenizer = fmt.processor, fmt.processor.tokenizer
+    if not getattr(processor, "chat_template", None):
+        out = processor(text=question, images=[scene()], suffix=answer, return_tensors="pt")
+        labels = out["labels"][0]
+        return labels[labels != IGNORE_INDEX].tolist()
+    messages = [user_message(question, 1),
+                {"role": "assistant", "content": [{"type": "text", "text": answer}]}]
+    out = tokenizer.apply_chat_template(messages, chat_template=processor.chat_template,
+                                        tokenize=True, return_dict=True,
+                                        return_assistant_tokens_mask=True)
+    return [t for t, m in zip(out["input_ids"], out["assistant_masks"], strict=True) if m]
+
+
+@pytest.mark.parametrize("family", ALL_FAMILIES)
+@pytest.mark.parametrize("answer", ["left lung", "3", "no"])
+def test_trained_tokens_are_what_the_template_writes_for_the_answer(tiny_models, family, answer):
+    fmt = prompt_format(tiny_models(family))
+    question = "Where is the lesion?"
+    sample = encode_record(Record([scene()], question, answer, "test:1"), fmt, max_length=512)
+    trained = sample["labels"][sample["labels"] != IGNORE_INDEX].tolist()
+    expected = template_answer_tokens(fmt, question, answer)
+    tokenizer = fmt.processor.tokenizer
+    assert tokenizer.convert_ids_to_tokens(trained) == tokenizer.convert_ids_to_tokens(expected)
+
+
+def test_a_tiny_family_ends_its_turn_with_a_special_token_the_tokenizer_does_not_name(
+        tiny_models):
+    """So that the test above sees a marker found only among the added special tokens."""
+    tokenizer = prompt_format(tiny_models("mllama")).processor.tokenizer
+    eot = tokenizer.convert_tokens_to_ids("<|eot_id|>")
+    assert eot not in tokenizer.all_special_ids
+    assert tokenizer.added_tokens_decoder[eot].special
+
+
+@pytest.mark.parametrize("family", [f for f in ALL_FAMILIES if f != "paligemma"])
+@pytest.mark.parametrize("n_images", [1, 2])
+def test_a_sample_is_what_the_processor_gives_for_the_whole_conversation(tiny_models, family,
+                                                                         n_images):
+    """Every key (masks of any shape, token types, image tensors) of a sample, answer
+    appended, equals the processor's own output for the prompt text followed by the answer
+    and the end-of-turn marker: the processor, not a rule of ours, says what answer tokens
+    carry (PaliGemma, whose answers are marked as a suffix, is checked above)."""
+    fmt = prompt_format(tiny_models(family))
+    images = [scene(), scene("blue", "right")][:n_images]
+    sample = encode_record(Record(images, "Where is it?", "left lung", "t:1"), fmt, 4096)
+    tokenizer = fmt.processor.tokenizer
+    text = (fmt.prompt("Where is it?", n_images) + fmt.answer_prefix + "left lung"
+            + tokenizer.convert_ids_to_tokens(fmt.end_of_turn_id))
+    whole = fmt.processor(**fmt.processor_inputs(text, [images]), return_tensors="pt")
+    assert set(sample) - {"labels"} == set(whole)
+    for key, value in whole.items():
+        per_token = value.shape[:2] == (1, len(sample["input_ids"]))
+        assert torch.equal(value[0] if per_token else value, sample[key]), key
+
+
 @pytest.mark.parametrize("family", ALL_FAMILIES)
 def test_prompt_matches_what_generation_sees(tiny_models, family):
     """The prompt part of a training sample is token for token the inference prompt."""
@@ -55,7 +114,7 @@ def test_prompt_matches_what_generation_sees(tiny_models, family):
     record = Record([scene()], "What colour is the square?", "red", "test:1")
     sample = encode_record(record, fmt, max_length=512)
     prompt = fmt.prompt(record.question, 1)
-    inference = fmt.processor(**fmt.processor_inputs(prompt, [scene()]), return_tensors="pt")
+    inference = fmt.processor(**fmt.processor_inputs(prompt, [[scene()]]), return_tensors="pt")
     n = inference["input_ids"].shape[1]
     assert torch.equal(sample["input_ids"][:n], inference["input_ids"][0])
 
@@ -89,7 +148,36 @@ def test_collate_pads_with_masked_labels_and_model_accepts_batch(tiny_models, fa
     assert torch.isfinite(out.loss)
 
 
-@pytest.mark.parametrize("family", ["llava", "llava-next", "qwen2-vl", "qwen2.5-vl", "idefics3"])
+def row_losses(model, batch) -> list[float]:
+    """Each row's summed answer-token loss."""
+    import torch.nn.functional as F
+
+    batch = dict(batch)
+    labels = batch.pop("labels")
+    with torch.no_grad():
+        logits = model(**batch).logits.float()
+    losses = F.cross_entropy(logits[:, :-1].transpose(1, 2), labels[:, 1:],
+                             ignore_index=IGNORE_INDEX, reduction="none")
+    return losses.sum(1).tolist()
+
+
+@pytest.mark.parametrize("family", [f for f in ALL_FAMILIES if f != "paligemma"])
+def test_rows_with_different_image_counts_batch_to_their_own_losses(tiny_models, family):
+    from transformers import AutoModelForImageTextToText
+
+    folder = tiny_models(family)
+    fmt = prompt_format(folder)
+    rows = [encode_record(Record([scene()], "Where is it?", "left lung", "b:1"), fmt, 1024),
+            encode_record(Record([scene(), scene("blue", "right")], "Same colour?", "no",
+                                 "b:2"), fmt, 1024)]
+    model = AutoModelForImageTextToText.from_pretrained(folder).eval()
+    pad = fmt.processor.tokenizer.pad_token_id
+    alone = [row_losses(model, collate([row], pad))[0] for row in rows]
+    assert row_losses(model, collate(rows, pad)) == pytest.approx(alone, rel=1e-5)
+
+
+@pytest.mark.parametrize("family", ["llava", "llava-next", "qwen2-vl", "qwen2.5-vl", "idefics3",
+                                    "mllama"])
 def test_multi_image_records(tiny_models, family):
     fmt = prompt_format(tiny_models(family))
     one = encode_record(Record([scene()], "Same?", "no", "m:1"), fmt, 1024)

@@ -184,6 +184,97 @@ def test_jsonl_errors_name_the_line(folder, lines, message):
         load_records(path)
 
 
+# Every field, by type and domain: a bad value is named with its record and field, never
+# coerced. (field, bad value, what the message must say)
+BAD_FIELDS = [
+    ("image", 3, r"`image` must be a file path .*got 3 \(a number\)"),
+    ("image", ["img/a.png", None], r"`image` must be a file path .*got null"),
+    ("image", {"path": "img/a.png"}, r"`image` must be a file path .*\(an object\)"),
+    ("image", "", r"`image` must be a file path .*got \"\" \(a string\)"),
+    ("images", [True], r"`image` must be a file path .*got true \(a boolean\)"),
+    ("question", 3, r"`question` must be text \(a JSON string\), got 3 \(a number\)"),
+    ("question", ["q"], r"`question` must be text .*\(a list\)"),
+    ("answer", False, r"`answer` must be text .*got false \(a boolean\)"),
+    ("answer", 2.5, r"`answer` must be text .*got 2\.5"),
+    ("answerable", "no", r"`answerable` must be true or false \(JSON booleans\), got \"no\""),
+    ("answerable", "false", r"`answerable` must be true or false .*got \"false\" \(a string\)"),
+    ("answerable", 0, r"`answerable` must be true or false .*got 0 \(a number\)"),
+    ("question_type", "yes/no", r"`question_type` must be \"closed\" or \"open\" .*\"yes/no\""),
+    ("question_type", "PRES", r"`question_type` must be .*\"PRES\".*belongs in `category`"),
+    ("question_type", True, r"`question_type` must be .*got true"),
+    ("answer_type", "number", r"`answer_type` must be \"closed\" or \"open\" .*\"number\""),
+    ("answer_type", 1, r"`answer_type` must be .*got 1 \(a number\)"),
+    ("repeat", "3", r"`repeat` .*got '3'"),
+    ("repeat", 0, r"`repeat` .*got 0"),
+    ("category", 7, r"`category` must be a non-empty name .*got 7 \(a number\)"),
+    ("category", "", r"`category` must be a non-empty name .*got \"\""),
+    ("category", ["side"], r"`category` must be .*\(a list\)"),
+]
+
+
+@pytest.mark.parametrize(("key", "value", "message"), BAD_FIELDS,
+                         ids=[f"{k}={v!r}" for k, v, _ in BAD_FIELDS])
+def test_a_bad_field_value_is_an_error_naming_record_field_and_value(folder, key, value,
+                                                                     message):
+    row = {**GOOD, key: value}
+    if key == "images":
+        del row["image"]
+    path = write_jsonl(folder / "train.jsonl", [GOOD, GOOD, row])
+    with pytest.raises(DataError, match=r"^train\.jsonl:3: " + message):
+        load_records(path)
+
+
+@pytest.mark.parametrize(("values", "expected"), [
+    ({"question_type": "CLOSED"}, "closed"),  # VQA-RAD's spelling
+    ({"answer_type": " Open "}, "open"),
+    ({"question_type": "closed", "answer_type": "CLOSED"}, "closed"),
+    ({}, None),
+])
+def test_question_types_are_read_in_any_case(folder, values, expected):
+    [record] = load_records(write_jsonl(folder / "t.jsonl", [{**GOOD, **values}]))
+    assert record.question_type == expected
+
+
+def test_question_and_answer_types_that_disagree_are_an_error(folder):
+    path = write_jsonl(folder / "t.jsonl", [{**GOOD, "question_type": "closed",
+                                             "answer_type": "open"}])
+    with pytest.raises(DataError, match=r"^t\.jsonl:1: `question_type` 'closed' and "
+                                        r"`answer_type` 'open' disagree"):
+        load_records(path)
+
+
+def test_category_is_a_field_of_the_record(folder):
+    [record] = load_records(write_jsonl(folder / "t.jsonl", [{**GOOD, "category": " side "}]))
+    assert record.category == "side" and "category" not in record.extra
+
+
+@pytest.mark.parametrize(("column", "values", "message"), [
+    ("answerable", ["true", "false"], r"^dataset\[0\]: `answerable` must be true or false"),
+    ("question_type", ["closed", "number"], r"^dataset\[1\]: `question_type` must be"),
+    ("category", [1, 2], r"^dataset\[0\]: `category` must be a non-empty name"),
+])
+def test_dataset_fields_are_checked_like_files(column, values, message):
+    from datasets import Dataset
+
+    dataset = Dataset.from_dict({"image": [scene(), scene()], "question": ["q", "q"],
+                                 "answer": ["a", "a"], column: values})
+    with pytest.raises(DataError, match=message):
+        load_records(dataset)
+
+
+@pytest.mark.parametrize(("human", "gpt", "message"), [
+    (3, "a", r"`question` must be text .*got 3"),
+    ("q", ["a"], r"`answer` must be text .*\(a list\)"),
+    (None, "a", r"`question` is empty or missing"),
+])
+def test_llava_json_turn_values_must_be_text(folder, human, gpt, message):
+    path = folder / "bad.json"
+    path.write_text(json.dumps([{"image": "img/a.png", "conversations": [
+        {"from": "human", "value": human}, {"from": "gpt", "value": gpt}]}]))
+    with pytest.raises(DataError, match=r"^bad\.json\[0\]\.conversations\[0\]: " + message):
+        load_records(path)
+
+
 @pytest.mark.parametrize(("content", "message"), [
     ('[{"image": "img/a.png", "conversations": [', r"^bad\.json: not valid JSON .*at line 1"),
     ('{"image": "img/a.png"}', r"^bad\.json: a LLaVA-style file is a JSON list"),

@@ -13,7 +13,7 @@ from peft import PeftModel
 from domainvlm.adapter_io import load_with_adapter
 from domainvlm.data.prompting import PromptFormat
 from domainvlm.data.records import Record, load_records
-from domainvlm.errors import ModelLoadError
+from domainvlm.errors import DataError, ModelLoadError
 from domainvlm.evaluation.generate import generate_answers
 from domainvlm.evaluation.metrics import abstention_rate, vqa_accuracy
 from domainvlm.evaluation.run import evaluate, score
@@ -60,7 +60,8 @@ def read_predictions(folder):
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("family", "false_premises"), [("llava", False), ("qwen2-vl", True)])
+@pytest.mark.parametrize(("family", "false_premises"),
+                         [("llava", False), ("qwen2-vl", True), ("mllama", False)])
 def test_evaluate_writes_one_prediction_per_record_and_all_metrics(
         tiny_models, shapes_data, tmp_path, family, false_premises):
     model = str(tiny_models(family))
@@ -91,6 +92,19 @@ def test_evaluate_writes_one_prediction_per_record_and_all_metrics(
         assert metrics["abstention"]["unanswerable_n"] == 2
     else:
         assert "abstention" not in metrics
+
+
+@pytest.mark.parametrize(("field", "value"), [("question_type", "yes/no"),
+                                              ("answerable", "false"), ("category", 3)])
+def test_a_bad_field_stops_evaluation_when_the_data_is_read(tiny_models, shapes_data, tmp_path,
+                                                       field, value):
+    data = write_data(shapes_data, tmp_path / "eval.jsonl", closed_only=True)
+    rows = [json.loads(line) for line in data.read_text().splitlines()]
+    rows[-1][field] = value
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    with pytest.raises(DataError, match=rf"^eval\.jsonl:{len(rows)}: `{field}` must be"):
+        evaluate(str(tiny_models("llava")), str(data), tmp_path / "out", max_new_tokens=2)
+    assert not (tmp_path / "out").exists()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -243,12 +243,32 @@ def test_frozen_has_one_spelling_and_leaves_something_to_train():
         build_config({**base, "frozen": ["language", "vision", "projector"]})
 
 
-def test_packed_questions_take_the_same_steps_as_their_rows(tiny_models, shapes_data, tmp_path):
+def with_whole_prompts_shared(rows: list[dict]) -> list[dict]:
+    """The rows with one image left a single question, repeated, and another image's first
+    question asked again with another answer: rows that share their whole prompt."""
+    by_image: dict[str, list[dict]] = {}
+    for row in rows:
+        by_image.setdefault(row["image"], []).append(row)
+    first, second, *rest = by_image.values()
+    duplicate = {**second[0], "answer": first[0]["answer"]}
+    return [{**first[0], "repeat": 3}, *second, duplicate, *(r for rows in rest for r in rows)]
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["as-generated", "whole-prompt-shared"])
+def test_packed_questions_take_the_same_steps_as_their_rows(tiny_models, shapes_data, tmp_path,
+                                                            shared):
     rows = [json.loads(x) for x in shapes_data["train"].read_text().splitlines()]
+    folder = shapes_data["train"].parent
+    rows = [{**r, "image": str(folder / r["image"])} for r in rows]
+    if shared:
+        rows = with_whole_prompts_shared(rows)
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     images = len({r["image"] for r in rows})
     # Each step over the whole set, either way: the same rows, so the same updates.
-    alone = run(tiny_models, shapes_data, tmp_path, "alone", batch_size=len(rows), max_steps=3)
-    packed = run(tiny_models, shapes_data, tmp_path, "packed", batch_size=images, max_steps=3,
-                 pack_questions=True)
+    alone = run(tiny_models, shapes_data, tmp_path, "alone", data=str(data), max_steps=3,
+                batch_size=sum(r.get("repeat", 1) for r in rows))
+    packed = run(tiny_models, shapes_data, tmp_path, "packed", data=str(data), max_steps=3,
+                 batch_size=images, pack_questions=True)
     assert max_difference(adapter_weights(alone), adapter_weights(packed)) < 1e-5
     assert losses(alone) == pytest.approx(losses(packed), rel=1e-5)

@@ -30,6 +30,7 @@ PATCH_EMBED = {
     "idefics3": ("model.vision_model.embeddings.patch_embedding", torch.nn.Conv2d),
     "paligemma": ("model.vision_tower.embeddings.patch_embedding", torch.nn.Conv2d),
     "fast-vlm": ("model.vision_tower.timm_model.stem.0.conv_kxk.0.conv", torch.nn.Conv2d),
+    "mllama": ("model.vision_model.patch_embedding", torch.nn.Conv2d),
 }
 ALL_PARTS = ["language", "vision", "projector"]
 # FastViT-T8 towers are convolutions only: LoRA has no Linear layer to wrap there.
