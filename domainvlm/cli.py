@@ -34,9 +34,17 @@ _DEBUG = False
 
 
 @app.callback()
-def _root(debug: Annotated[bool, typer.Option(help="Show tracebacks on errors.")] = False):
+def _root(
+    debug: Annotated[bool, typer.Option(help="Show tracebacks on errors.")] = False,
+    verbose: Annotated[bool, typer.Option(
+        help="Also show other libraries' deprecation warnings and weight-loading bars.")] = False,
+):
     global _DEBUG
     _DEBUG = debug or os.environ.get("DOMAINVLM_DEBUG") == "1"
+    if not verbose:
+        from domainvlm.quiet import quiet_libraries
+
+        quiet_libraries()
 
 
 def _finetune_command():

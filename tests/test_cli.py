@@ -164,3 +164,27 @@ def test_the_resume_command_is_the_same_command_line_plus_resume(argv, overwrite
     from domainvlm.cli import resume_command
 
     assert resume_command(argv, overwrite) == expected
+
+
+def test_output_is_quiet_unless_verbose(tiny_models, shapes_data, tmp_path):
+    """Other libraries' deprecation warnings and weight-loading bars stay out of normal output;
+    `--verbose` shows them (so they are there to hide)."""
+    import os
+
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("TRANSFORMERS_VERBOSITY", "HF_HUB_DISABLE_PROGRESS_BARS", "PYTHONWARNINGS")}
+
+    def run(*flags: str, output: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", "domainvlm.cli", *flags, "finetune", "--model",
+             str(tiny_models("llava")), "--data", str(shapes_data["train"]), "--output",
+             str(tmp_path / output), "--max-steps", "1", "--batch-size", "2",
+             "--cache-dir", str(tmp_path / "cache")],
+            capture_output=True, text=True, timeout=300, env=env)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return done.stderr
+
+    quiet, loud = run(output="quiet"), run("--verbose", output="loud")
+    assert "Loading weights" in loud and "FutureWarning" in loud
+    assert "Loading weights" not in quiet and "Warning" not in quiet
+    assert "fine-tuning" in quiet  # our own progress stays
