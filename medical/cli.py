@@ -12,8 +12,6 @@ from typing import Annotated
 
 import typer
 
-from domainvlm.medical.demo import NANO_INPUT_PX, DemoConfig
-
 app = typer.Typer(
     help="DICOM in: inspect, render, de-identify, synthesise CT, build VQA data.\n\n"
     "Start with `domainvlm dicom info PATH` on a file, folder or .zip.",
@@ -348,22 +346,25 @@ def render_command(
 def demo_command(
     output: Annotated[Path, typer.Option(help="Folder for the cohort, data, adapter, report.")] = (
         Path("runs/demo")),
-    model: Annotated[str, typer.Option(
-        help="Base model (hub id or folder), shown views at its processor's crop size; "
-        f"default: the nano model (shipped; built if missing), fed {NANO_INPUT_PX} px views.")]
-        = "",
-    patients: Annotated[int, typer.Option(min=10, help="Synthetic CT patients.")] = (
-        DemoConfig.patients),
-    epochs: Annotated[float, typer.Option(
-        min=0.1, help="Passes of LoRA fine-tuning over the training questions.")] = (
-        DemoConfig.epochs),
-    learning_rate: Annotated[float, typer.Option(
-        min=0.0, help="Peak LoRA learning rate (cosine schedule, 5% warm-up).")] = (
-        DemoConfig.learning_rate),
-    seed: int = 0,
+    config: Annotated[Path | None, typer.Option(
+        help="The recipe: a YAML file of every setting (default: the shipped "
+        "domainvlm/medical/recipes/ct-demo.yaml; copy it to make your own). The options below "
+        "override single values of it.")] = None,
+    model: Annotated[str | None, typer.Option(
+        help="Base model (hub id or folder), shown views at its processor's crop size "
+        "(recipe: `model`; null there is the shipped nano model).")] = None,
+    patients: Annotated[int | None, typer.Option(
+        min=10, help="Synthetic CT patients (recipe: `cohort.patients`).")] = None,
+    epochs: Annotated[float | None, typer.Option(
+        min=0.1, help="Passes of LoRA fine-tuning over the training questions (recipe: "
+        "`finetune.epochs`).")] = None,
+    learning_rate: Annotated[float | None, typer.Option(
+        min=0.0, help="Peak LoRA learning rate (recipe: `finetune.learning_rate`).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Cohort, split and training seed (recipe: "
+                                                   "`seed`).")] = None,
     workers: Annotated[int, typer.Option(
         min=0, help="Processes that write, de-identify and render the cohort (0: one per "
-        "CPU).")] = DemoConfig.workers,
+        "CPU).")] = 0,
     overwrite: Annotated[bool, typer.Option(help="Replace an earlier demo in OUTPUT.")] = False,
 ) -> None:
     """The whole promise on a laptop: synthetic CT as DICOM -> de-identified VQA data split by
@@ -374,12 +375,15 @@ def demo_command(
     from rich.console import Console
     from rich.table import Table
 
-    from domainvlm.medical.demo import run_demo, summary_rows
+    from domainvlm.medical.demo import DemoConfig, run_demo, summary_rows
+    from domainvlm.medical.demo_recipe import DEFAULT_RECIPE, load_recipe
 
     started = time.perf_counter()
-    result = run_demo(DemoConfig(output=output, model=model or None, patients=patients,
-                                 epochs=epochs, learning_rate=learning_rate, seed=seed,
-                                 workers=workers, overwrite=overwrite))
+    recipe = load_recipe(config or DEFAULT_RECIPE, {
+        "--model": model or None, "--patients": patients, "--epochs": epochs,
+        "--learning-rate": learning_rate, "--seed": seed})
+    result = run_demo(DemoConfig(output=output, recipe=recipe, workers=workers,
+                                 overwrite=overwrite))
     table = Table(title="held-out patients: base vs adapted")
     for column in ("metric", "base (zero-shot)", "adapted (LoRA)"):
         table.add_column(column)
