@@ -168,6 +168,58 @@ def eval_command(
         typer.echo(line)
 
 
+VIEW_FROM = {"recorded": "the view recorded with the model's training data",
+             "recorded+given": "the recorded training view, changed by --view",
+             "given": "--view (the model recorded none)",
+             "default": "the reader's default view (the model recorded none)"}
+
+
+@app.command("ask")
+def ask_command(
+    question: Annotated[str, typer.Argument(help="The question, in quotes.")],
+    model: Annotated[str, typer.Option(
+        help="Adapter folder of a fine-tuning run, or a model (hub id / folder).")],
+    image: Annotated[list[str], typer.Option(
+        help="An image file, a DICOM file or a DICOM series folder. Repeat it for several: "
+        "all go to the one question, in order.")],
+    base: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        help="Base model of the adapter (default: the one it names).")] = None,
+    view: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        help="How DICOM becomes images, over the view recorded with the adapter's training "
+        "data (`dicom build-vqa` records it; with none recorded, a montage of 9 axial slices "
+        "in lung / mediastinum / bone windows as RGB): key=value pairs joined by commas, e.g. "
+        "strategy=slabs,count=4,window=lung (window=40,400 works too), or a JSON object. "
+        "Keys: strategy (montage|slabs|slices|mip), count, plane, window, image_size, "
+        "layout (grid|sides).")] = None,
+    max_new_tokens: Annotated[int, typer.Option(min=1)] = 32,
+    json_output: Annotated[bool, typer.Option(
+        "--json", help="Print one JSON object: answer, model, base, the images and views "
+        "used, seconds.")] = False,
+    ignore_base_mismatch: Annotated[bool, typer.Option(help=IGNORE_BASE_HELP)] = False,
+) -> None:
+    """Ask a model one question about images, greedily, as `eval` answers.
+
+    The answer goes to stdout; how each DICOM input was rendered (and whose view was used)
+    to stderr. Example: domainvlm ask --model runs/chest/adapter --image scan.png
+    "Is there a nodule?"
+    """
+    import json
+
+    from domainvlm.ask import ask
+
+    asked = ask(model, image, [question], base=base, view=view,
+                max_new_tokens=max_new_tokens, ignore_base_mismatch=ignore_base_mismatch)
+    if json_output:
+        typer.echo(json.dumps(asked.summary(), indent=2))
+        return
+    for item in asked.inputs:
+        if item.description:
+            settings = ",".join(f"{k}={v}" for k, v in (item.view or {}).items())
+            how = f" [view: {VIEW_FROM[item.view_from]}: {settings}]" if item.view_from else ""
+            typer.echo(f"{item.input}: {item.description}{how}", err=True)
+    typer.echo(asked.answers[0])
+
+
 @app.command("probe")
 def probe_command(
     model: Annotated[str, typer.Option(help="Model (hub id / folder) or an adapter folder.")],

@@ -113,6 +113,13 @@ def iter_dicom(path: Path, *, stop_before_pixels: bool = False,
     `domainvlm.medical.archives`): ArchiveLimitError names the archive, member and limit.
     Given a list `unreadable`, a member of a folder or archive that is DICOM but cannot be read
     is recorded there ("name: why") and passed over, so one broken file does not stop the rest.
+
+    Example::
+
+        from domainvlm.medical import iter_dicom
+
+        for source in iter_dicom("dicom/", stop_before_pixels=True):
+            print(source.name, source.dataset.Modality)
     """
     path = Path(path)
     if not path.exists():
@@ -157,6 +164,13 @@ def read_frames(ds: Any, name: str = "<dataset>") -> Any:
     stored indices. Colour frames are RGB in stored units: YBR_FULL/YBR_FULL_422 and JPEG 2000
     YBR_ICT/YBR_RCT are converted once, by the decoder path, which alone knows whether the codec
     already did it. Raises DicomDecodeError (file, transfer syntax, what to do) on any failure.
+
+    Example::
+
+        from domainvlm.medical import iter_dicom, read_frames
+
+        source = next(iter_dicom("dicom/ct-001.dcm"))
+        hu = read_frames(source.dataset, source.name)[0]   # (rows, cols) in HU for CT
     """
     import numpy as np
 

@@ -79,7 +79,14 @@ def generate_key() -> str:
 
 
 def write_key_file(path: Path) -> Path:
-    """Write a new key to `path`, mode 0600, atomically; never replaces an existing file."""
+    """Write a new key to `path`, mode 0600, atomically; never replaces an existing file.
+
+    Example::
+
+        from domainvlm.medical import write_key_file
+
+        write_key_file("project.key")   # once per project; keep it secret and backed up
+    """
     path = Path(path)
     if path.exists():
         raise ConfigError(f"{path} already exists; a key file is never overwritten (that would "
@@ -101,7 +108,14 @@ def write_key_file(path: Path) -> Path:
 
 def read_key_file(path: Path, flag: str = "--project-key-file") -> str:
     """The key in `path` (surrounding whitespace dropped). ConfigError when the file is
-    missing, empty, or readable by other users (on POSIX: `chmod 600` it)."""
+    missing, empty, or readable by other users (on POSIX: `chmod 600` it).
+
+    Example::
+
+        from domainvlm.medical import DeidConfig, read_key_file
+
+        config = DeidConfig(project_key=read_key_file("project.key"))
+    """
     path = Path(path)
     try:
         mode = path.stat().st_mode

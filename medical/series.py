@@ -107,6 +107,13 @@ def load_volume(sources: Iterable[DicomSource] | str | Path, *, name: str | None
     (dz is then the median step); `allow_tilt` does the same for slices shifted in-plane
     (gantry tilt), which are then stacked unsheared. `drop_duplicates` keeps the first file
     of slices that share a position only when their values are identical copies.
+
+    Example::
+
+        from domainvlm.medical import load_volume
+
+        volume = load_volume("dicom/series-3")      # a folder (or zip) of one series
+        print(volume.shape, volume.spacing)          # (slices, rows, cols), (dz, dy, dx) mm
     """
     if isinstance(sources, str | Path):
         name = name or str(sources)

@@ -106,7 +106,7 @@ WRITERS = {
     "dicom render": (["dicom", "render", "{series}", "{out}/file.out"], True),
     "dicom keygen": (["dicom", "keygen", "{out}/file.out"], False),
 }
-READERS = {"info", "nano path", "dicom info"}  # commands that write nothing
+READERS = {"info", "nano path", "dicom info", "ask"}  # commands that write nothing
 CACHE_WRITERS = {"nano pretrain"}  # writes only into domainvlm's own cache
 
 
@@ -192,6 +192,12 @@ DOMAIN = [
     ("synth-data", ["--output", "{tmp}/o", "--images", "1"],
      r"--images.*greater than or equal to 2"),
     ("info", ["{tmp}/no-such-model"], r"does not exist"),
+    ("ask", ["--model", "{model}", "--image", "{tmp}/no-such.png", "Is there a mass?"],
+     r"image .*no-such\.png does not exist"),
+    ("ask", ["--model", "{adapter}", "--image", "{data}", "--max-new-tokens", "0", "Q?"],
+     r"--max-new-tokens.*greater than or equal to 1"),
+    ("ask", ["--model", "{adapter}", "--image", "{series}", "--view", "count=0", "Q?"],
+     r"view count must be at least 1"),
     ("demo", ["--output", "{tmp}/o", "--learning-rate", "0"],
      r"`--learning-rate` must be a finite number above 0"),
     ("demo", ["--output", "{tmp}/o", "--epochs", "inf"],

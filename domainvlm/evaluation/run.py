@@ -48,14 +48,28 @@ def score(records: list[Record], predictions: list[str]) -> dict[str, Any]:
     return metrics
 
 
-def evaluate(model: str, data: str, output: Path, *, base: str | None = None,
-             batch_size: int = 8, max_new_tokens: int = 32, overwrite: bool = False,
-             reporter: Reporter | None = None,
+def evaluate(model: str | Path, data: str | Path, output: str | Path, *,
+             base: str | Path | None = None, batch_size: int = 8, max_new_tokens: int = 32,
+             overwrite: bool = False, reporter: Reporter | None = None,
              ignore_base_mismatch: bool = False) -> dict[str, Any]:
-    """Write OUTPUT/predictions.jsonl and OUTPUT/metrics.json; return the metrics.
+    """Answer every question of `data` with `model` (a model, or an adapter folder on its
+    base), greedily; write OUTPUT/predictions.jsonl and OUTPUT/metrics.json; return the
+    metrics: `vqa` (accuracy, closed and open), `open_text` (BLEU-4, ROUGE-L, METEOR, CIDEr),
+    `abstention`, `by_category`, where the data has them.
 
     OUTPUT is new or empty, or (`overwrite`) holds an earlier evaluation, replaced once the new
-    one is complete."""
+    one is complete.
+
+    Example::
+
+        from domainvlm import evaluate
+
+        metrics = evaluate("runs/chest/adapter", "test.jsonl", output="runs/chest-eval")
+        print(metrics["vqa"]["accuracy"], metrics["vqa"]["closed_accuracy"])
+    """
+    model, output = str(model), Path(output)
+    base = str(base) if base is not None else None
+    data = str(data) if isinstance(data, Path) else data
     reporter = reporter or Reporter()
     with new_output(output, "eval", inputs=[model, data, base], overwrite=overwrite,
                     made_by_us=_earlier_evaluation) as partial:  # fails fast where unwritable

@@ -22,6 +22,7 @@ from domainvlm.data.images import image_digest
 from domainvlm.data.packing import attention_of, check_packable, pack_by_image, with_segment_mask
 from domainvlm.data.prompting import PromptFormat
 from domainvlm.data.records import load_records
+from domainvlm.data.views import training_views, write_views
 from domainvlm.errors import ConfigError
 from domainvlm.loading import load_model
 from domainvlm.progress import Reporter
@@ -55,6 +56,9 @@ from domainvlm.train.vision_cache import (
 
 @dataclass
 class RunResult:
+    """What `finetune` made: the run folder, the adapter (or with method full, the model)
+    folder, and how the run went (losses are answer-token cross-entropies)."""
+
     output: Path
     adapter: Path
     steps: int
@@ -66,7 +70,17 @@ class RunResult:
 
 def finetune(cfg: FinetuneConfig, reporter: Reporter | None = None) -> RunResult:
     """Fine-tune `cfg.model` on `cfg.data`; writes `cfg.output / "adapter"` (PEFT format), or
-    with `method="full"` the whole model to `cfg.output / "model"`."""
+    with `method="full"` the whole model to `cfg.output / "model"`, beside checkpoints, logs
+    and run.json. Ctrl-C raises RunInterrupted; `resume=True` continues from a checkpoint.
+
+    Example::
+
+        from domainvlm import FinetuneConfig, finetune
+
+        result = finetune(FinetuneConfig(model="llava-hf/llava-1.5-7b-hf", data="train.jsonl",
+                                         output="runs/chest", epochs=3))
+        print(result.adapter, result.steps, result.final_loss)
+    """
     import torch
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs, set_seed
@@ -98,6 +112,7 @@ def finetune(cfg: FinetuneConfig, reporter: Reporter | None = None) -> RunResult
         train, repeats, rows = _samples(cfg.data, fmt, cfg, reporter, "train")
         evals = (_samples(cfg.eval_data, fmt, cfg, reporter, "eval", repeat=False)[0]
                  if cfg.eval_data else [])
+    views = training_views(cfg.data)  # how scans became the training images, if recorded
 
     # Inputs are valid: only now does the output folder become this run's.
     base = None  # what an adapter is checked against when it is loaded (not for `full`)
@@ -177,7 +192,8 @@ def finetune(cfg: FinetuneConfig, reporter: Reporter | None = None) -> RunResult
                     record["eval_loss"] = evaluate_loss(model, evals, cfg.batch_size, pad_id,
                                                         family, accelerator)
                     train_mode(model, frozen_parts)
-                    _keep_best(state, record, accelerator, model, processor, cfg.output, base)
+                    _keep_best(state, record, accelerator, model, processor, cfg.output, base,
+                               views)
                 state.history.append(record)
                 _log(writer, record)
                 advance(1, loss=loss)
@@ -192,7 +208,7 @@ def finetune(cfg: FinetuneConfig, reporter: Reporter | None = None) -> RunResult
     # --- save --------------------------------------------------------------------------------
     adapter = cfg.output / ("model" if cfg.method == "full" else "adapter")
     if accelerator.is_main_process:
-        save_adapter(accelerator.unwrap_model(model), processor, adapter, base)
+        save_adapter(accelerator.unwrap_model(model), processor, adapter, base, views)
         summary = {"steps": state.step, "final_loss": last_loss,
                    "best_eval_loss": state.best_eval_loss, "best_step": state.best_step,
                    "seconds": round(elapsed, 3), "samples": seen,  # data rows, repeats counted
@@ -285,9 +301,10 @@ def evaluate_loss(model, samples, batch_size, pad_id, family, accelerator) -> fl
     return total / max(count, 1)
 
 
-def save_adapter(model, processor, folder: Path, base: BaseIdentity | None = None) -> None:
-    """PEFT-format adapter + processor files (+ the identity of its base), published
-    atomically."""
+def save_adapter(model, processor, folder: Path, base: BaseIdentity | None = None,
+                 views: dict[str, Any] | None = None) -> None:
+    """PEFT-format adapter + processor files (+ the identity of its base, and the view its
+    training images were rendered with: `domainvlm.data.views`), published atomically."""
     import shutil
 
     temp = ckpt.temp_dir_for(folder)
@@ -297,6 +314,8 @@ def save_adapter(model, processor, folder: Path, base: BaseIdentity | None = Non
         processor.save_pretrained(temp)
         if base is not None:
             write_record(temp, base)
+        if views is not None:
+            write_views(temp, views)
         ckpt.publish(temp, folder)
     except BaseException:  # a full disk, say: no half adapter left behind
         shutil.rmtree(temp, ignore_errors=True)
@@ -336,11 +355,13 @@ def _load_weights(model, folder: Path) -> None:
         model.load_state_dict(load_file(str(folder / "model.safetensors")), strict=False)
 
 
-def _keep_best(state, record, accelerator, model, processor, output: Path, base) -> None:
+def _keep_best(state, record, accelerator, model, processor, output: Path, base,
+               views) -> None:
     if state.best_eval_loss is None or record["eval_loss"] < state.best_eval_loss:
         state.best_eval_loss, state.best_step = record["eval_loss"], record["step"]
         if accelerator.is_main_process:
-            save_adapter(accelerator.unwrap_model(model), processor, output / "best", base)
+            save_adapter(accelerator.unwrap_model(model), processor, output / "best", base,
+                         views)
 
 
 def _samples(data, fmt, cfg, reporter, name, repeat=True):
