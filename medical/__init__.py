@@ -20,7 +20,8 @@ Modules, in the same order: `io` (read files, folders, zips; decode frames) with
 text in their pixels), `labels` + `sources` + `vqa` + `splits` (labelled studies to VQA JSONL
 split by patient), `pacs` + `orthanc` (DICOMweb), `sr` (answers as DICOM SR), `phantom` +
 `cohort` + `ct_writer` + `cohort_questions` (the synthetic CT cohort), `image_reader` (scans
-for `domainvlm ask`), `cli` (`domainvlm dicom ...`).
+for `domainvlm ask`), `monai_reader` (a MONAI `ImageReader` over `series`), `cli`
+(`domainvlm dicom ...`).
 
 The names are loaded on first use, so importing the package costs nothing.
 """
@@ -34,6 +35,7 @@ if TYPE_CHECKING:  # what editors and type checkers see; at run time, __getattr_
     from domainvlm.medical.errors import DicomError
     from domainvlm.medical.io import iter_dicom, read_frames
     from domainvlm.medical.keys import read_key_file, write_key_file
+    from domainvlm.medical.monai_reader import DomainvlmDicomReader
     from domainvlm.medical.render import render_frame
     from domainvlm.medical.series import Volume, load_volume
     from domainvlm.medical.sources import folder_fetcher
@@ -51,6 +53,8 @@ _EXPORTS = {
     "write_key_file": "keys", "read_key_file": "keys",
     # build VQA data
     "build_vqa": "vqa", "folder_fetcher": "sources", "write_public_vqa": "vqa",
+    # inside MONAI pipelines (needs the `monai` extra)
+    "DomainvlmDicomReader": "monai_reader",
     # what they raise
     "DicomError": "errors",
 }
@@ -60,6 +64,7 @@ __all__ = [
     "render_frame", "ViewSpec", "render_views", "View",
     "DeidConfig", "deidentify", "deidentify_tree", "write_key_file", "read_key_file",
     "build_vqa", "folder_fetcher", "write_public_vqa",
+    "DomainvlmDicomReader",
     "DicomError",
 ]
 

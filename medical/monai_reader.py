@@ -73,6 +73,14 @@ class DomainvlmDicomReader(ImageReader):
     the meta (missing ones give ""). Raises ValueError for a keyword that is not a plain
     DICOM attribute; `read` raises DicomError (SeriesGeometryError, DicomDecodeError, ...)
     naming the path, never a patient attribute.
+
+    Example::
+
+        from monai.transforms import LoadImage, Orientation, Spacing
+        from domainvlm.medical import DomainvlmDicomReader
+
+        image = LoadImage(reader=DomainvlmDicomReader(), ensure_channel_first=True)("ct/")
+        image = Spacing(pixdim=(1.0, 1.0, 2.5))(Orientation(axcodes="RAS")(image))
     """
 
     def __init__(self, affine_lps_to_ras: bool = True, tags: Sequence[str] = (), *,

@@ -29,7 +29,8 @@ MEDICAL_API = {
     "render_frame": "render", "ViewSpec": "vqa", "render_views": "vqa", "View": "views",
     "DeidConfig": "deid", "deidentify": "deid", "deidentify_tree": "deid",
     "write_key_file": "keys", "read_key_file": "keys", "build_vqa": "vqa",
-    "folder_fetcher": "sources", "write_public_vqa": "vqa", "DicomError": "errors",
+    "folder_fetcher": "sources", "write_public_vqa": "vqa",
+    "DomainvlmDicomReader": "monai_reader", "DicomError": "errors",
 }
 
 
