@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from domainvlm.base_identity import check_base
+from domainvlm.compat import peft_wrapping
 from domainvlm.errors import ModelLoadError
 from domainvlm.loading import LoadedModel, load_model
 from domainvlm.outputs import check_folder, new_output
@@ -43,7 +44,8 @@ def load_with_adapter(source: str, *, base: str | None = None, dtype: str = "aut
     base = base or adapter_base(adapter)
     check_base(adapter, base, ignore_mismatch=ignore_base_mismatch)
     loaded = load_model(base, dtype=dtype, device=device)
-    loaded.model = PeftModel.from_pretrained(loaded.model, str(adapter))
+    with peft_wrapping():
+        loaded.model = PeftModel.from_pretrained(loaded.model, str(adapter))
     if (adapter / "processor_config.json").is_file():
         loaded.processor = AutoProcessor.from_pretrained(str(adapter))
     loaded.source = str(adapter)
