@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from domainvlm.base_identity import check_base
+from domainvlm.compat import peft_wrapping
 from domainvlm.data.views import copy_views
 from domainvlm.errors import ModelLoadError
 from domainvlm.loading import LoadedModel, load_model
@@ -53,7 +54,8 @@ def load_with_adapter(source: str | Path, *, base: str | Path | None = None,
     base = str(base or adapter_base(adapter))
     check_base(adapter, base, ignore_mismatch=ignore_base_mismatch)
     loaded = load_model(base, dtype=dtype, device=device)
-    loaded.model = PeftModel.from_pretrained(loaded.model, str(adapter))
+    with peft_wrapping():
+        loaded.model = PeftModel.from_pretrained(loaded.model, str(adapter))
     if (adapter / "processor_config.json").is_file():
         loaded.processor = AutoProcessor.from_pretrained(str(adapter))
     loaded.source = str(adapter)

@@ -41,7 +41,9 @@ def _root(
 ):
     global _DEBUG
     _DEBUG = debug or os.environ.get("DOMAINVLM_DEBUG") == "1"
-    if not verbose:
+    if verbose:
+        os.environ["DOMAINVLM_QUIET"] = "0"  # over a quiet parent's: decoders and workers too
+    else:
         from domainvlm.quiet import quiet_libraries
 
         quiet_libraries()
@@ -80,9 +82,9 @@ def _finetune_command():
                 typer.echo(f"{stop}\nresume with: {resume_command(sys.argv, cfg.overwrite)}",
                            err=True)
             sys.exit(130)
-        typer.echo(f"adapter: {result.adapter}  steps: {result.steps}  "
-                   f"final loss: {result.final_loss:.4f}  "
+        typer.echo(f"steps: {result.steps}  final loss: {result.final_loss:.4f}  "
                    f"samples/s: {result.samples_per_second:.1f}")
+        typer.echo(f"wrote {result.adapter}")
 
     finetune.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
     finetune.__doc__ = (
@@ -166,6 +168,7 @@ def eval_command(
                        ignore_base_mismatch=ignore_base_mismatch)
     for line in summary_lines(metrics):
         typer.echo(line)
+    typer.echo(f"wrote {output}")
 
 
 VIEW_FROM = {"recorded": "the view recorded with the model's training data",
@@ -243,10 +246,11 @@ def probe_command(
     if output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(output, result)
-        typer.echo(f"written: {output}")
     for name, row in result["by_category"].items():
         typer.echo(f"{name}: probe {100 * row['probe_accuracy']:.1f}%, commonest answer "
                    f"{100 * row['baseline_accuracy']:.1f}% ({row['n']} test questions)")
+    if output is not None:
+        typer.echo(f"wrote {output}")
 
 
 @app.command("merge")
@@ -263,7 +267,7 @@ def merge_command(
 
     merged = merge_adapter(adapter, output, base=base, overwrite=overwrite,
                            ignore_base_mismatch=ignore_base_mismatch)
-    typer.echo(f"merged model: {merged}")
+    typer.echo(f"wrote {merged}")
 
 
 @app.command("tiny-model")
@@ -281,7 +285,7 @@ def tiny_model_command(
 
     with new_output(output, "tiny-model", overwrite=overwrite) as partial:
         build_tiny_model(family.value, partial, seed=seed)
-    typer.echo(f"tiny {family.value} model: {output}")
+    typer.echo(f"wrote {output} (tiny {family.value} model)")
 
 
 @app.command("synth-data")
@@ -301,6 +305,7 @@ def synth_data_command(
         written = write_shapes_dataset(partial, images, seed)
     for split, path in written.items():
         typer.echo(f"{split}: {output / path.name}")
+    typer.echo(f"wrote {output}")
 
 
 @app.command("info")

@@ -6,7 +6,6 @@ patient attributes: tables show counts, geometry and coding, never names, ids or
 
 from __future__ import annotations
 
-from collections import defaultdict
 from pathlib import Path
 from typing import Annotated
 
@@ -25,49 +24,34 @@ def info_command(
     path: Annotated[Path, typer.Argument(help="A DICOM file, a folder (searched recursively) "
                                          "or a .zip archive.")],
 ) -> None:
-    """A table of the series found (modality, instances, frames, size, spacing, transfer
-    syntax); no patient attribute is shown."""
-    from rich.console import Console
-    from rich.table import Table
+    """The series found, each named by the end of its UID, its description and its folder,
+    with modality, images, size, spacing and transfer syntax; no patient attribute is shown."""
+    import shutil
 
     from domainvlm.medical.errors import DicomError
+    from domainvlm.medical.info import Series, description, image_row, summary_lines
     from domainvlm.medical.io import iter_dicom
 
     unreadable: list[str] = []
-    series: dict[str, list[tuple[str, ...]]] = defaultdict(list)
+    series: dict[str, Series] = {}
     for source in iter_dicom(path, stop_before_pixels=True, unreadable=unreadable):
         try:
-            row = _info_row(source.dataset)
+            row = image_row(source.dataset)
         except (ValueError, TypeError, AttributeError, KeyError) as err:
             unreadable.append(f"{source.name}: malformed image attributes "
                               f"({type(err).__name__})")
             continue
-        series[str(source.dataset.get("SeriesInstanceUID", "?"))].append(row)
+        uid = str(source.dataset.get("SeriesInstanceUID", "?"))
+        one = series.setdefault(uid, Series(uid, description(source.dataset)))
+        one.names.append(source.name)
+        one.rows.append(row)
     if not series and not unreadable:
         raise DicomError(f"{path}: no DICOM files found")
-    table = Table(title=f"{sum(map(len, series.values()))} DICOM objects in {len(series)} series")
-    for column in ("#", "modality", "instances", "frames", "rows x cols", "pixel spacing",
-                   "slice thickness", "transfer syntax"):
-        table.add_column(column)
-    for number, rows in enumerate(series.values(), 1):
-        modality, frames, size, spacing, thickness, syntax = rows[0]
-        table.add_row(str(number), modality, str(len(rows)),
-                      str(sum(int(row[1]) for row in rows)), size, spacing, thickness, syntax)
     if series:
-        Console().print(table)
+        width = shutil.get_terminal_size((80, 24)).columns
+        for line in summary_lines(list(series.values()), path, width):
+            typer.echo(line)
     _report_skipped(unreadable, "could not be read")
-
-
-def _info_row(ds) -> tuple[str, ...]:
-    """(modality, frames, rows x cols, spacing, thickness, syntax) of one object; ValueError and
-    the like when an attribute is malformed."""
-    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-    spacing = ds.get("PixelSpacing")
-    return (str(ds.get("Modality", "?")), str(int(ds.get("NumberOfFrames", 1) or 1)),
-            f"{ds.get('Rows', '?')} x {ds.get('Columns', '?')}",
-            " x ".join(f"{float(v):g}" for v in spacing) if spacing else "-",
-            f"{float(ds.SliceThickness):g}" if ds.get("SliceThickness") else "-",
-            getattr(syntax, "name", str(syntax)))
 
 
 def _report_skipped(skipped: list[str], what: str) -> None:
@@ -123,7 +107,8 @@ def keygen_command(
     from domainvlm.medical.keys import write_key_file
 
     write_key_file(path)
-    typer.echo(f"new project key -> {path} (mode 600); use --project-key-file {path}")
+    typer.echo(f"new project key (mode 600): use --project-key-file {path}")
+    typer.echo(f"wrote {path}")
 
 
 def _progress(description: str, total: int | None = None):
@@ -150,13 +135,14 @@ def deid_command(
     with _progress("de-identifying") as advance:
         report = deidentify_tree(source, output, config, progress=advance)
     typer.echo(f"{report.files_written} files, {report.series} series, {report.studies} studies, "
-               f"{report.patients} patients -> {output} (dates {report.dates})")
+               f"{report.patients} patients (dates {report.dates})")
     if report.burned_in_allowed or report.possibly_burned_in_allowed:
         typer.echo(f"let through by --allow-burned-in, pixels not cleaned: "
                    f"{report.burned_in_allowed} marked BurnedInAnnotation=YES, "
                    f"{report.possibly_burned_in_allowed} of a kind that often shows text "
                    f"(ultrasound, secondary capture, photos, documents) without the tag; "
                    f"{report.identity_not_removed} files say PatientIdentityRemoved=NO")
+    typer.echo(f"wrote {output}")
     _report_skipped(report.skipped, "could not be read or de-identified")
 
 
@@ -182,7 +168,8 @@ def synth_command(
     labels = output / "labels.jsonl"
     rows = cohort_questions(manifest.patients)
     labels.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    typer.echo(f"{patients} patients, {len(rows)} questions -> {output} (labels: {labels})")
+    typer.echo(f"{patients} patients, {len(rows)} questions (labels: {labels})")
+    typer.echo(f"wrote {output}")
 
 
 @app.command("build-vqa")
@@ -246,6 +233,7 @@ def build_vqa_command(
     if report.kept_columns:
         typer.echo(f"label columns kept by --keep-column (your responsibility): "
                    f"{', '.join(report.kept_columns)}")
+    typer.echo(f"wrote {output}")
     _report_skipped(unreadable, "could not be read")
 
 
@@ -267,6 +255,7 @@ def import_vqa_command(
                               fractions=_fractions(split), seed=seed)
     for name, n in counts.items():
         typer.echo(f"{name}: {n} questions -> {output / (name + '.jsonl')}")
+    typer.echo(f"wrote {output}")
 
 
 def _fractions(split: str) -> dict[str, float]:
@@ -340,7 +329,7 @@ def render_command(
         buffer = io.BytesIO()
         Image.fromarray(image).save(buffer, format="PNG")
         write_bytes(path, buffer.getvalue())
-        typer.echo(f"{path}  {image.shape[1]}x{image.shape[0]}")
+        typer.echo(f"wrote {path} ({image.shape[1]}x{image.shape[0]})")
 
 
 def demo_command(
@@ -395,3 +384,4 @@ def demo_command(
         console.print(f"{stage:>24}: {seconds:7.1f} s")
     console.print(f"report: {output / 'report.md'}  (wall time "
                   f"{time.perf_counter() - started:.0f} s)")
+    typer.echo(f"wrote {output}")

@@ -36,6 +36,7 @@ from typing import Any
 
 from domainvlm.medical.archives import ArchiveLimits, zip_members
 from domainvlm.medical.errors import ArchiveLimitError, DicomDecodeError, DicomError, NotDicomError
+from domainvlm.quiet import native_stderr_hidden
 
 MAX_DECODED_BYTES = 4 * 2**30  # float32 output; a larger object is refused, not swapped to death
 
@@ -262,21 +263,24 @@ def _decode(ds: Any, name: str) -> Any:
     syntax = _transfer_syntax(ds, name)
     label = f"{syntax.name} ({syntax})" if syntax.name != str(syntax) else str(syntax)
     decoder = _decoder(syntax, label, name)
-    try:
-        from pydicom.pixels.utils import as_pixel_options
+    # The codecs print their view of bad bytes on fd 2; what went wrong reaches the user as
+    # the DicomDecodeError below.
+    with native_stderr_hidden():
+        try:
+            from pydicom.pixels.utils import as_pixel_options
 
-        pixels, meta = decoder.as_array(ds, validate=True, **as_pixel_options(ds))
-        photometric = str(meta.get("photometric_interpretation", _photometric(ds)))
-    except MemoryError:
-        raise
-    except Exception as err:  # pydicom and its plugins raise many types for bad data
-        if syntax == "1.2.840.10008.1.2.4.51" and samples == 1 and _bits_stored(ds) > 8:
-            pixels, photometric = _gdcm_jpeg12(ds, frames, rows, cols, name, label, err), ""
-        else:
-            raise DicomDecodeError(
-                f"{name}: pixel data ({label}) cannot be decoded ({_detail(err)}); the data "
-                "are corrupt or truncated, or the image attributes (group 0028) do not match "
-                "them: re-export the file from its source") from None
+            pixels, meta = decoder.as_array(ds, validate=True, **as_pixel_options(ds))
+            photometric = str(meta.get("photometric_interpretation", _photometric(ds)))
+        except MemoryError:
+            raise
+        except Exception as err:  # pydicom and its plugins raise many types for bad data
+            if syntax == "1.2.840.10008.1.2.4.51" and samples == 1 and _bits_stored(ds) > 8:
+                pixels, photometric = _gdcm_jpeg12(ds, frames, rows, cols, name, label, err), ""
+            else:
+                raise DicomDecodeError(
+                    f"{name}: pixel data ({label}) cannot be decoded ({_detail(err)}); the "
+                    "data are corrupt or truncated, or the image attributes (group 0028) do "
+                    "not match them: re-export the file from its source") from None
     if pixels.ndim == (2 if samples == 1 else 3):
         pixels = pixels[None]
     if samples == 3 and photometric != "RGB":

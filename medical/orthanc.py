@@ -75,7 +75,8 @@ class LocalOrthanc:
     def __init__(self, workdir: Path, http_port: int | None = None, *,
                  start_timeout: float = 30.0, stop_timeout: float = 15.0,
                  executable: str | None = None) -> None:
-        self.workdir = Path(workdir)
+        # Absolute now: Orthanc runs in workdir and reads the paths in its config from there.
+        self.workdir = Path(workdir).absolute()
         self.http_port = http_port
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout

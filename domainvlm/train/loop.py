@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from domainvlm.base_identity import BaseIdentity, identify, write_record
+from domainvlm.compat import enable_activation_checkpointing
 from domainvlm.data.cache import load_or_encode
 from domainvlm.data.collate import collate
 from domainvlm.data.encode import IGNORE_INDEX, image_token_id, pad_token_id
@@ -135,6 +136,7 @@ def finetune(cfg: FinetuneConfig, reporter: Reporter | None = None) -> RunResult
         memo = TowerMemo(part_of(model, "vision"), cfg.vision_cache_max_gb * 2**30)
 
     model.config.use_cache = False
+    model.config.get_text_config(decoder=True).use_cache = False  # the LM reads its own
     if cfg.method == "full":
         model.requires_grad_(True)
         freeze_components(model, cfg.frozen)
@@ -145,7 +147,7 @@ def finetune(cfg: FinetuneConfig, reporter: Reporter | None = None) -> RunResult
     frozen_parts = untrained_modules(model)
     ddp.find_unused_parameters = may_leave_trainables_unused(model)
     if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_activation_checkpointing(model)
     reporter.parameters(parameter_report(model))
 
     plan = repeated(repeats)  # an epoch: every sample, some more than once

@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from domainvlm.compat import peft_wrapping
 from domainvlm.errors import ConfigError
 
 # Attribute names under which VLMs keep each part; the projector is checked first because
@@ -135,7 +136,8 @@ def apply_lora(model: Any, *, method: str, r: int, alpha: int, dropout: float,
         bias="none",
         modules_to_save=[part_name(model, part) for part in fully] or None,
     )
-    return get_peft_model(model, config)
+    with peft_wrapping():
+        return get_peft_model(model, config)
 
 
 def freeze_components(model: Any, components: list[str]) -> None:

@@ -33,6 +33,7 @@ def test_shrunken_demo_end_to_end(tmp_path):
     assert f"{100 * adapted['vqa']['closed_accuracy']:.1f}%" in report
     assert "false premise answered as absent" in report
     assert "held-out patients: base vs adapted" in result.stdout
+    assert result.stdout.splitlines()[-1] == f"wrote {out}"
     for name in ("base", "adapted"):  # every presence question on a test scan is probed
         probe = json.loads((out / f"probe-{name}.json").read_text())["by_category"]
         assert probe["presence"]["n"] == base["by_category"]["presence"]["n"]
