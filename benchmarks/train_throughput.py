@@ -31,9 +31,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 FRAMEWORKS = ("domainvlm", "trl")
-MIN_QA_PER_IMAGE = 7  # domainvlm.synth.scene_questions asks 7 to 10 questions per scene
+MIN_QA_PER_IMAGE = 7  # domainvlm.nano.shapes_world.scene_questions asks 7 to 10 per scene
 IMAGE_SIZE = 64
-MODEL_SIZE = "small"  # domainvlm.tiny.SIZES preset: ~4.8 M parameters, patch 8 at 64 px
+MODEL_SIZE = "small"  # domainvlm.models.random_init.SIZES: ~4.8 M parameters, patch 8 at 64 px
 LORA = {"r": 8, "alpha": 16, "dropout": 0.0}
 WARMUP_RATIO = 0.03  # domainvlm's default; TRL gets the same number of warm-up steps
 GOAL_SPEEDUP = 1.5
@@ -271,7 +271,7 @@ def prepare(plan: dict[str, Any]) -> dict[str, Any]:
     """Build the model and data set once; both frameworks read the same files."""
     from transformers import AutoModelForImageTextToText
 
-    from domainvlm.synth import write_shapes_dataset
+    from domainvlm.nano.shapes_world import write_shapes_dataset
     from domainvlm.tiny import build_tiny_model
     from domainvlm.train.lora import select_targets
 

@@ -15,10 +15,10 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from domainvlm.tiny import FAMILIES as TINY_FAMILIES
+from domainvlm.families import known_family_names
 
-# The tiny-model factory's families: the table's, and Mllama, which runs the generic path.
-TinyFamily = enum.Enum("TinyFamily", {name: name for name in TINY_FAMILIES}, type=str)
+# The tiny-model factory's families: the registry's, and those that run the generic path.
+TinyFamily = enum.Enum("TinyFamily", {name: name for name in known_family_names()}, type=str)
 
 app = typer.Typer(
     help="Adapt pretrained vision-language models to domain data with LoRA.\n\n"
@@ -236,16 +236,15 @@ def probe_command(
     receives? A logistic regression per question on pooled features, fitted on TRAIN and
     scored on TEST, beside always giving the commonest training answer. Run it on a base
     model before fine-tuning: a probe near the baseline means the vision side must learn."""
+    from domainvlm.atomic import write_json
     from domainvlm.evaluation.probe import probe_closed_questions
     from domainvlm.outputs import check_file
-    from domainvlm.train.run_dir import write_json_atomic
 
     if output is not None:
         check_file(output, inputs=[train, test], overwrite=overwrite)
     result = probe_closed_questions(model, train, test)
     if output is not None:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(output, result)
+        write_json(output, result)
     for name, row in result["by_category"].items():
         typer.echo(f"{name}: probe {100 * row['probe_accuracy']:.1f}%, commonest answer "
                    f"{100 * row['baseline_accuracy']:.1f}% ({row['n']} test questions)")
@@ -298,8 +297,8 @@ def synth_data_command(
         help="Replace a data set written there before.")] = False,
 ) -> None:
     """Write a small synthetic VQA set (coloured shapes) to try the engine on."""
+    from domainvlm.nano.shapes_world import write_shapes_dataset
     from domainvlm.outputs import new_output
-    from domainvlm.synth import write_shapes_dataset
 
     with new_output(output, "synth-data", overwrite=overwrite) as partial:
         written = write_shapes_dataset(partial, images, seed)

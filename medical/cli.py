@@ -159,6 +159,7 @@ def synth_command(
     (presence, side, size, count, organ, and false-premise ones) for `dicom build-vqa`."""
     import json
 
+    from domainvlm.atomic import write_text
     from domainvlm.medical.cohort import write_cohort
     from domainvlm.medical.cohort_questions import cohort_questions
 
@@ -167,7 +168,7 @@ def synth_command(
                                 progress=advance)
     labels = output / "labels.jsonl"
     rows = cohort_questions(manifest.patients)
-    labels.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    write_text(labels, "".join(json.dumps(r) + "\n" for r in rows))
     typer.echo(f"{patients} patients, {len(rows)} questions (labels: {labels})")
     typer.echo(f"wrote {output}")
 

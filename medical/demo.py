@@ -161,14 +161,14 @@ def _probes(model: str, adapter: Path, vqa: Path, out: Path,
             reporter: Reporter) -> dict[str, dict[str, Any]]:
     """Can the closed questions be read off the image features the LM receives, before and
     after adaptation? Both from one pass of the frozen tower; OUT/probe-{base,adapted}.json."""
+    from domainvlm.atomic import write_json
     from domainvlm.evaluation.probe import probe_closed_questions
-    from domainvlm.train.run_dir import write_json_atomic
 
     adapted = probe_closed_questions(str(adapter), str(vqa / "train.jsonl"),
                                      str(vqa / "test.jsonl"), reporter=reporter, base_too=True)
     probes = {"base": {"model": model, **adapted.pop("base")}, "adapted": adapted}
     for name, result in probes.items():
-        write_json_atomic(out / f"probe-{name}.json", result)
+        write_json(out / f"probe-{name}.json", result)
     return probes
 
 

@@ -18,6 +18,7 @@ from typing import Any, Literal, get_args
 
 from domainvlm.atomic import new_folder
 from domainvlm.errors import ConfigError, DataError
+from domainvlm.evaluation.metrics import question_type
 from domainvlm.medical.deid import DeidConfig, deidentify
 from domainvlm.medical.io import DicomSource
 from domainvlm.medical.labels import LabelRow, read_labels, travelling_columns
@@ -283,14 +284,10 @@ def _record(row: LabelRow, scan: _Scan, travel: frozenset[str]) -> dict[str, Any
     images = scan.images
     extra = {k: v for k, v in row.extra.items() if k in travel}
     return {**extra, "image": [image["path"] for image in images], "question": row.question,
-            "answer": row.answer, "question_type": row.question_type or _guess_type(row.answer),
+            "answer": row.answer, "question_type": question_type(row.answer, row.question_type),
             "answerable": row.answerable, "patient": scan.patient, "study_uid": scan.study_uid,
             "series_uid": scan.series_uid,
             "views": [{k: v for k, v in image.items() if k != "path"} for image in images]}
-
-
-def _guess_type(answer: str) -> str:
-    return "closed" if answer.strip().lower() in ("yes", "no") else "open"
 
 
 def write_public_vqa(source: Path, output: Path, *, image_root: Path | None = None,

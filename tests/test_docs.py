@@ -76,9 +76,9 @@ def _venv_bin() -> Path:
 
 def _seed(folder: Path) -> None:
     """What a user brings, in each document's folder before its first block: a small VQA set
-    (coloured shapes, domainvlm.synth) as train.jsonl / val.jsonl / test.jsonl with its
+    (coloured shapes, domainvlm.nano.shapes_world) as train.jsonl / val.jsonl / test.jsonl with its
     images/, and scan.png, an image to ask about."""
-    from domainvlm.synth import write_shapes_dataset
+    from domainvlm.nano.shapes_world import write_shapes_dataset
 
     paths = write_shapes_dataset(folder, n_images=6, seed=0, eval_fraction=0.34)
     rows = paths["eval"].read_text().splitlines()

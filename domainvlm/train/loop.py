@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from domainvlm.atomic import write_json
 from domainvlm.base_identity import BaseIdentity, identify, write_record
 from domainvlm.compat import enable_activation_checkpointing
 from domainvlm.data.cache import load_or_encode
@@ -26,33 +27,27 @@ from domainvlm.data.records import load_records
 from domainvlm.data.views import training_views, write_views
 from domainvlm.errors import ConfigError
 from domainvlm.loading import load_model
-from domainvlm.progress import Reporter
-from domainvlm.train import checkpoint as ckpt
-from domainvlm.train.batching import epoch_batches, micro_batches, repeated
-from domainvlm.train.config import FinetuneConfig
-from domainvlm.train.lora import (
-    COMPONENT_NAMES,
-    apply_lora,
-    freeze_components,
-    may_leave_trainables_unused,
-    parameter_report,
-    part_of,
-    train_mode,
-    untrained_modules,
-)
-from domainvlm.train.run_dir import (
-    check_output,
-    claim_output,
-    mark_finished,
-    write_json_atomic,
-)
-from domainvlm.train.stops import check_finite, recorded_stops
-from domainvlm.train.vision_cache import (
+from domainvlm.models.parts import COMPONENT_NAMES, part_of
+from domainvlm.models.vision_cache import (
     TowerMemo,
     attach_image_features,
     encoder_outputs,
     feature_bytes,
 )
+from domainvlm.progress import Reporter
+from domainvlm.train import checkpoint as ckpt
+from domainvlm.train.batching import epoch_batches, micro_batches, repeated
+from domainvlm.train.config import FinetuneConfig
+from domainvlm.train.lora import (
+    apply_lora,
+    freeze_components,
+    may_leave_trainables_unused,
+    parameter_report,
+    train_mode,
+    untrained_modules,
+)
+from domainvlm.train.run_dir import check_output, claim_output, mark_finished
+from domainvlm.train.stops import check_finite, recorded_stops
 
 
 @dataclass
@@ -218,7 +213,7 @@ def finetune(cfg: FinetuneConfig, reporter: Reporter | None = None) -> RunResult
                    "world_size": world}
         if memo is not None:  # what the frozen tower really ran on, and what memory served
             summary["vision_tower_rows"] = {"computed": memo.computed, "served": memo.served}
-        write_json_atomic(cfg.output / "history.json", state.history)
+        write_json(cfg.output / "history.json", state.history)
         mark_finished(cfg.output, summary)
     accelerator.wait_for_everyone()
     accelerator.end_training()
@@ -391,7 +386,7 @@ def _samples(data, fmt, cfg, reporter, name, repeat=True):
 
 
 def _to_device(batch: dict[str, Any], device, family) -> dict[str, Any]:
-    from domainvlm.train.vision_cache import FEATURE_KEY
+    from domainvlm.models.vision_cache import FEATURE_KEY
 
     batch = {k: v.to(device) for k, v in batch.items()}
     return encoder_outputs(batch, family) if FEATURE_KEY in batch else batch
