@@ -8,6 +8,7 @@ core imports a world except the command line (`domainvlm synth-data`); the demos
 
 from domainvlm.nano.model import (
     DEFAULT_RECIPE,
+    RECIPE_FILE,
     SHIPPED,
     NanoRecipe,
     ensure_nano,
@@ -21,6 +22,6 @@ from domainvlm.nano.model import (
     with_input_size,
 )
 
-__all__ = ["DEFAULT_RECIPE", "SHIPPED", "NanoRecipe", "ensure_nano", "load_recipe",
+__all__ = ["DEFAULT_RECIPE", "RECIPE_FILE", "SHIPPED", "NanoRecipe", "ensure_nano", "load_recipe",
            "nano_cache_root", "nano_path", "pretrain_nano", "rebuild_nano", "shipped_nano",
            "tower_path", "with_input_size"]

@@ -1,16 +1,16 @@
 """The nano base model: a small FastVLM that this project pretrains itself, so the main job
 runs with no hub and no GPU.
 
-The recipe is code (`NanoRecipe`): a random `small` FastVLM (`domainvlm.models.random_init`:
-timm FastViT convolutional tower + Llama language model, 7.7 M parameters) whose tower first
-learns to find spots in a generic findings world (`tower_pretext`), then whose projector and
-language model our own engine fine-tunes on the generic synthetic worlds (`shapes_world` and
-`findings_world`: existence, colour, shape, size, count, side, captions, "There is none." for
-false premises). The default recipe's result ships in the package (`domainvlm/assets/nano`,
-float16 on disk); any other recipe, or `domainvlm nano pretrain --force`, is built and cached
-under `$DOMAINVLM_CACHE/nano/<recipe hash>` (the tower stage apart, under its own key, as it
-is the long one). Either loads with plain `AutoModelForImageTextToText.from_pretrained`. Users
-pass `--model <hub id>` instead.
+The recipe is `recipe.yaml` beside this module (read into a `NanoRecipe`): a random `small`
+FastVLM (`domainvlm.models.random_init`: timm FastViT convolutional tower + Llama language
+model, 7.7 M parameters) whose tower first learns to find spots in a generic findings world
+(`tower_pretext`), then whose projector and language model our own engine fine-tunes on the
+generic synthetic worlds (`shapes_world` and `findings_world`: existence, colour, shape, size,
+count, side, captions, "There is none." for false premises). The default recipe's result ships
+in the package (`domainvlm/assets/nano`, float16 on disk); any other recipe, or `domainvlm nano
+pretrain --force`, is built and cached under `$DOMAINVLM_CACHE/nano/<recipe hash>` (the tower
+stage apart, under its own key, as it is the long one). Either loads with plain
+`AutoModelForImageTextToText.from_pretrained`. Users pass `--model <hub id>` instead.
 """
 
 from __future__ import annotations
@@ -28,22 +28,23 @@ from domainvlm.progress import Reporter
 
 @dataclass(frozen=True)
 class NanoRecipe:
-    """Everything that decides the nano model's weights: same recipe, same model."""
+    """Everything that decides the nano model's weights: same recipe, same model. The values
+    of the shipped model, each with why, are in `recipe.yaml` beside this module."""
 
-    family: str = "fast-vlm"
-    size: str = "small"
-    image_size: int = 192  # 6x6 cells of 32 px: 36 image tokens
-    tower_steps: int = 1000  # spot-detection pretext of the vision tower; 0 skips it
-    tower_batch_size: int = 32
-    tower_learning_rate: float = 1e-3
-    tower_position_weight: float = 1.0  # weight of the "where is this cell" target; 0: none
-    world: str = "plain"  # see shapes_world.WORLDS
-    scenes: int = 600
-    findings_scenes: int = 2000  # findings_world scenes beside the shapes
-    epochs: float = 1.0
-    learning_rate: float = 1e-3
-    batch_size: int = 16
-    seed: int = 0
+    family: str
+    size: str
+    image_size: int
+    tower_steps: int
+    tower_batch_size: int
+    tower_learning_rate: float
+    tower_position_weight: float
+    world: str
+    scenes: int
+    findings_scenes: int
+    epochs: float
+    learning_rate: float
+    batch_size: int
+    seed: int
 
     def key(self) -> str:
         return _digest(asdict(self))
@@ -59,7 +60,68 @@ def _digest(fields: dict) -> str:
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
 
 
-DEFAULT_RECIPE = NanoRecipe()
+RECIPE_FILE = Path(__file__).with_name("recipe.yaml")
+
+
+def load_recipe(path: Path) -> NanoRecipe:
+    """A NanoRecipe from a JSON or YAML file of its fields; the keys it leaves out keep the
+    shipped recipe's values. Errors name the key and the bad value."""
+    import dataclasses
+
+    return dataclasses.replace(DEFAULT_RECIPE, **_recipe_values(path))
+
+
+def _recipe_values(path: Path) -> dict:
+    """The checked fields of a recipe file: known keys, finite values of the field's type."""
+    import dataclasses
+    import math
+
+    import yaml
+
+    from domainvlm.errors import ConfigError
+
+    if not Path(path).is_file():
+        raise ConfigError(f"recipe file {path} does not exist")
+    try:
+        values = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}  # JSON is YAML
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"recipe file {path} is neither JSON nor YAML: {exc}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"recipe file {path}: must hold a mapping of recipe keys to values")
+    kinds = {f.name: {"str": str, "int": int, "float": float}[f.type]
+             for f in dataclasses.fields(NanoRecipe)}
+    for key, value in values.items():
+        if key not in kinds:
+            raise ConfigError(f"recipe file {path}: unknown key `{key}`; valid keys: "
+                              f"{', '.join(kinds)}")
+        kind = kinds[key]
+        fits = (isinstance(value, kind) and not isinstance(value, bool)) or (
+            kind is float and isinstance(value, int) and not isinstance(value, bool))
+        if not fits or (kind is float and not math.isfinite(value)):
+            raise ConfigError(f"recipe file {path}: `{key}` must be a finite {kind.__name__}, "
+                              f"got {value!r}")
+        if kind in (int, float) and value < 0:
+            raise ConfigError(f"recipe file {path}: `{key}` cannot be negative, got {value!r}")
+    return {k: float(v) if kinds[k] is float else v for k, v in values.items()}
+
+
+def _shipped_recipe() -> NanoRecipe:
+    """The recipe in `recipe.yaml`, which must name every field: it is the one home of the
+    default values."""
+    import dataclasses
+
+    from domainvlm.errors import ConfigError
+
+    values = _recipe_values(RECIPE_FILE)
+    missing = [f.name for f in dataclasses.fields(NanoRecipe) if f.name not in values]
+    if missing:
+        raise ConfigError(f"recipe file {RECIPE_FILE}: missing {', '.join(missing)}")
+    return NanoRecipe(**values)
+
+
+DEFAULT_RECIPE = _shipped_recipe()
+
+
 
 
 def nano_cache_root() -> Path:
@@ -101,41 +163,6 @@ def rebuild_nano(recipe: NanoRecipe = DEFAULT_RECIPE, reporter: Reporter | None 
     pretrain_nano(temp, recipe, reporter)
     publish(temp, path)
     return path
-
-
-def load_recipe(path: Path) -> NanoRecipe:
-    """A NanoRecipe from a JSON or YAML file of its fields (the others keep their defaults);
-    errors name the key and the bad value."""
-    import dataclasses
-    import math
-
-    import yaml
-
-    from domainvlm.errors import ConfigError
-
-    if not Path(path).is_file():
-        raise ConfigError(f"recipe file {path} does not exist")
-    try:
-        values = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}  # JSON is YAML
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"recipe file {path} is neither JSON nor YAML: {exc}") from None
-    if not isinstance(values, dict):
-        raise ConfigError(f"recipe file {path}: must hold a mapping of recipe keys to values")
-    fields = {f.name: f for f in dataclasses.fields(NanoRecipe)}
-    for key, value in values.items():
-        if key not in fields:
-            raise ConfigError(f"recipe file {path}: unknown key `{key}`; valid keys: "
-                              f"{', '.join(fields)}")
-        kind = type(getattr(DEFAULT_RECIPE, key))
-        fits = (isinstance(value, kind) and not isinstance(value, bool)) or (
-            kind is float and isinstance(value, int) and not isinstance(value, bool))
-        if not fits or (kind is float and not math.isfinite(value)):
-            raise ConfigError(f"recipe file {path}: `{key}` must be a finite {kind.__name__}, "
-                              f"got {value!r}")
-        if kind in (int, float) and value < 0:
-            raise ConfigError(f"recipe file {path}: `{key}` cannot be negative, got {value!r}")
-    return NanoRecipe(**{k: float(v) if type(getattr(DEFAULT_RECIPE, k)) is float else v
-                         for k, v in values.items()})
 
 
 def pretrain_nano(output: Path, recipe: NanoRecipe = DEFAULT_RECIPE,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 
 import pytest
 import torch
@@ -14,7 +15,15 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from domainvlm.errors import OutputExistsError
 from domainvlm.models.random_init import write_random_model
-from domainvlm.nano import NanoRecipe, ensure_nano, nano_path, pretrain_nano, tower_path
+from domainvlm.nano import (
+    DEFAULT_RECIPE,
+    RECIPE_FILE,
+    ensure_nano,
+    load_recipe,
+    nano_path,
+    pretrain_nano,
+    tower_path,
+)
 
 
 @pytest.fixture(scope="module")
@@ -59,14 +68,30 @@ def test_cached_model_is_reused_and_same_recipe_gives_same_weights(nano, tmp_pat
 
 
 def test_recipe_key_changes_with_any_setting():
-    assert NanoRecipe().key() != NanoRecipe(seed=1).key() != NanoRecipe(scenes=10).key()
+    assert (DEFAULT_RECIPE.key() != replace(DEFAULT_RECIPE, seed=1).key()
+            != replace(DEFAULT_RECIPE, scenes=10).key())
+
+
+def test_the_shipped_recipe_file_is_the_shipped_model_s_recipe(tmp_path):
+    """recipe.yaml is the one home of the defaults: it must name every field and equal the
+    recipe the shipped weights were built from (assets/nano/recipe.json, written by the
+    build); a user's file keeps the values it leaves out."""
+    from dataclasses import asdict
+
+    from domainvlm.nano import SHIPPED
+
+    assert asdict(DEFAULT_RECIPE) == json.loads((SHIPPED / "recipe.json").read_text())
+    assert load_recipe(RECIPE_FILE) == DEFAULT_RECIPE
+    partial = tmp_path / "mine.yaml"
+    partial.write_text("seed: 7\n")
+    assert load_recipe(partial) == replace(DEFAULT_RECIPE, seed=7)
 
 
 def test_shipped_nano_is_the_default_recipe_and_loads():
-    from domainvlm.nano import DEFAULT_RECIPE, SHIPPED, shipped_nano
+    from domainvlm.nano import SHIPPED, shipped_nano
 
     assert shipped_nano(DEFAULT_RECIPE) == SHIPPED
-    assert shipped_nano(NanoRecipe(seed=99)) is None
+    assert shipped_nano(replace(DEFAULT_RECIPE, seed=99)) is None
     model = AutoModelForImageTextToText.from_pretrained(SHIPPED)
     assert 7_000_000 < sum(p.numel() for p in model.parameters()) < 8_000_000
     assert (SHIPPED / "model.safetensors").stat().st_size < 25 * 2**20  # float16 on disk
@@ -95,8 +120,8 @@ def test_tower_stage_is_cached_apart_and_reused_by_language_stage_changes(nano, 
 
 
 def test_tower_pretext_needs_a_convolutional_tower(tmp_path):
-    recipe = NanoRecipe(family="llava", size="tiny", image_size=64, tower_steps=2,
-                        scenes=4, findings_scenes=0)
+    recipe = replace(DEFAULT_RECIPE, family="llava", size="tiny", image_size=64,
+                     tower_steps=2, scenes=4, findings_scenes=0)
     with pytest.raises(ValueError, match="convolutional .* set tower_steps=0"):
         pretrain_nano(tmp_path / "nano", recipe)
     assert list(tmp_path.iterdir()) == []  # no model, no half-written hidden folder
@@ -209,5 +234,5 @@ def test_a_recipe_file_picks_where_its_model_is_cached(tmp_path):
     result = subprocess.run([sys.executable, "-m", "domainvlm.cli", "nano", "path",
                              "--recipe", str(recipe)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    expected = nano_path(NanoRecipe(size="tiny", image_size=64, seed=3))
+    expected = nano_path(replace(DEFAULT_RECIPE, size="tiny", image_size=64, seed=3))
     assert result.stdout.strip() == f"{expected}  (not built yet)"
