@@ -17,8 +17,8 @@ Each training run is its own subprocess (train_throughput_workers.py), so its pe
 own; a last one scores every mode's adapters on the same held-out samples with domainvlm's
 answer-only labels. One JSON object goes to stdout; see benchmarks/README.md.
 
-    .venv/bin/python benchmarks/train_throughput.py          # 40 steps of 16, twice each: ~8 min
-    .venv/bin/python benchmarks/train_throughput.py --quick  # smoke test: about 3 minutes
+    .venv/bin/python benchmarks/train_throughput.py          # 40 steps of 16, twice each: ~14 min
+    .venv/bin/python benchmarks/train_throughput.py --quick  # smoke test: a few minutes
 """
 
 from __future__ import annotations
@@ -55,7 +55,8 @@ TIMING = ("samples_per_s (questions_per_s when packed): questions trained in opt
           "both sides count the questions their forwards supervise); each step's data loading, "
           "collation and logging are inside it. supervised_tokens_per_s: the answer tokens of "
           "those steps alike. samples_per_s_median_step: batch size over the median step time "
-          "(robust to bursts of load; row modes only). end_to_end_s: model load + data "
+          "(robust to bursts of load); questions_per_s_median_step: the median of each packed "
+          "step's questions per second. end_to_end_s: model load + data "
           "preparation + training + adapter save. Best of the repeats for each.")
 
 
@@ -179,8 +180,9 @@ def run_worker(kind: str, plan_path: Path, env: dict[str, str], mode: str | None
 
 def check_equal_work(plan: dict[str, Any],
                      runs: dict[str, dict[str, list[dict[str, Any]]]]) -> None:
-    """Exit with one line unless every run trained every training question once, and both
-    frameworks the same answer tokens wherever TRL trains on answers only."""
+    """Exit with one line unless both frameworks trained as many questions as the comparison has
+    training rows (one epoch of one file), and the same answer tokens wherever TRL trains on
+    answers only."""
     for mode, by_name in runs.items():
         for repeat, pair in enumerate(zip(*(by_name[name] for name in FRAMEWORKS), strict=True)):
             ours, trl = pair
@@ -197,8 +199,9 @@ def check_equal_work(plan: dict[str, Any],
 
 
 def throughputs(run: dict[str, Any], batch_size: int | None) -> dict[str, float]:
-    """Steady-state rates over steps 2..N: questions and answer tokens per second (and, for row
-    batches of `batch_size`, from the median step time)."""
+    """Steady-state rates over steps 2..N: questions and answer tokens per second, and a rate
+    robust to bursts of load: row batches of `batch_size` over the median step time, or (packed
+    steps differ in size) the median of each step's questions per second."""
     ends = run["step_ends"]
     if len(ends) < 2:
         raise RuntimeError(f"need at least 2 timed steps, got {len(ends)}")
@@ -209,9 +212,13 @@ def throughputs(run: dict[str, Any], batch_size: int | None) -> dict[str, float]
         "supervised_tokens_per_s": round((run["step_supervised_tokens"][-1]
                                           - run["step_supervised_tokens"][0]) / seconds, 1),
     }
+    steps = [ends[i + 1] - ends[i] for i in range(len(ends) - 1)]
     if batch_size is not None:
-        steps = [ends[i + 1] - ends[i] for i in range(len(ends) - 1)]
-        rates["samples_per_s_median_step"] = round(batch_size / statistics.median(steps), 2)
+        rates["median_step"] = round(batch_size / statistics.median(steps), 2)
+    else:
+        questions = run["step_questions"]
+        rates["median_step"] = round(statistics.median(
+            (questions[i + 1] - questions[i]) / steps[i] for i in range(len(steps))), 2)
     return rates
 
 
@@ -225,8 +232,7 @@ def best_of(plan: dict[str, Any], mode: str, repeats: list[dict[str, Any]]) -> d
     first = repeats[0]
     figures = {
         f"{unit}_per_s": max(s["questions_per_s"] for s in speeds),
-        **({} if packed else {"samples_per_s_median_step":
-                              max(s["samples_per_s_median_step"] for s in speeds)}),
+        f"{unit}_per_s_median_step": max(s["median_step"] for s in speeds),
         f"{unit}_per_s_each_repeat": [s["questions_per_s"] for s in speeds],
         "supervised_tokens_per_s": max(s["supervised_tokens_per_s"] for s in speeds),
         "end_to_end_s": end_to_end,
@@ -243,11 +249,10 @@ def best_of(plan: dict[str, Any], mode: str, repeats: list[dict[str, Any]]) -> d
 def compare(figures: dict[str, dict[str, Any]], unit: str) -> dict[str, float]:
     """domainvlm over TRL: throughput, end to end, and peak memory."""
     dvlm, trl = figures["domainvlm"], figures["trl"]
-    ratios = {"speedup": round(dvlm[f"{unit}_per_s"] / trl[f"{unit}_per_s"], 3)}
-    if unit == "samples":
-        ratios["speedup_median_step"] = round(dvlm["samples_per_s_median_step"]
-                                              / trl["samples_per_s_median_step"], 3)
-    else:
+    ratios = {"speedup": round(dvlm[f"{unit}_per_s"] / trl[f"{unit}_per_s"], 3),
+              "speedup_median_step": round(dvlm[f"{unit}_per_s_median_step"]
+                                           / trl[f"{unit}_per_s_median_step"], 3)}
+    if unit == "questions":
         ratios["speedup_supervised_tokens"] = round(dvlm["supervised_tokens_per_s"]
                                                     / trl["supervised_tokens_per_s"], 3)
     ratios["speedup_end_to_end"] = round(trl["end_to_end_s"] / dvlm["end_to_end_s"], 3)
