@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""DICOM series to a windowed float volume: domainvlm against MONAI's LoadImage, same files.
+"""DICOM series to a windowed float volume: domainvlm against MONAI's LoadImage and the floor.
 
 One synthetic CT series (the phantom of `domainvlm.medical.phantom`, 200 slices of 512x512 by
 default) is written once with InstanceNumbers shuffled against slice position and file names
@@ -9,12 +9,15 @@ through the soft-tissue window:
 
 - domainvlm: `domainvlm.medical.series.load_volume(folder)` + `views.windowed_volume`;
 - MONAI: `LoadImage(reader="PydicomReader", image_only=True)(folder)` +
-  `ScaleIntensityRange(a_min, a_max, 0, 1, clip=True)`.
+  `ScaleIntensityRange(a_min, a_max, 0, 1, clip=True)`;
+- floor: a bare pydicom loop that reads every file, sorts by ImagePositionPatient along the
+  slice normal, rescales and windows (the DICOM linear VOI, as domainvlm), with no checks:
+  the least work that gives the same volume, which it must equal exactly.
 
 Each output's slice order is checked against the geometry that was written. One JSON object
 goes to stdout; see benchmarks/README.md for what each figure means.
 
-    .venv/bin/python benchmarks/dicom_load.py                         # 200 x 512 x 512: ~30 s
+    .venv/bin/python benchmarks/dicom_load.py                         # 200 x 512 x 512: ~1 min
     .venv/bin/python benchmarks/dicom_load.py --slices 16 --size 64   # smoke test: seconds
 """
 
@@ -32,7 +35,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-FRAMEWORKS = ("domainvlm", "monai")
+FRAMEWORKS = ("domainvlm", "monai", "floor")
 WINDOW = (40.0, 400.0)  # soft tissue (center, width) in HU, also written into the tags
 GOAL_SPEEDUP = 1.5
 SIGNATURE_PIXELS = 4096  # pixels per slice that identify it when matching slices to the truth
@@ -107,7 +110,24 @@ def load_monai(folder: Path) -> Any:
     return np.asarray(scaled).transpose(2, 1, 0)
 
 
-LOADERS = {"domainvlm": load_domainvlm, "monai": load_monai}
+def load_floor(folder: Path) -> Any:
+    """(z, y, x) float32 in [0, 1]: read, sort by position, rescale, window; nothing else."""
+    import numpy as np
+    import pydicom
+
+    datasets = [pydicom.dcmread(path) for path in sorted(folder.iterdir())]
+    cosines = np.array(datasets[0].ImageOrientationPatient, dtype=np.float64)
+    normal = np.cross(cosines[:3], cosines[3:])
+    datasets.sort(key=lambda ds: float(np.dot(np.array(ds.ImagePositionPatient, float), normal)))
+    center, width = WINDOW
+    out = np.empty((len(datasets), datasets[0].Rows, datasets[0].Columns), np.float32)
+    for k, ds in enumerate(datasets):
+        hu = ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+        out[k] = np.clip((hu - (center - 0.5)) / (width - 1) + 0.5, 0.0, 1.0)
+    return out
+
+
+LOADERS = {"domainvlm": load_domainvlm, "monai": load_monai, "floor": load_floor}
 
 
 def signatures(volume: Any, pixels: Any) -> Any:
@@ -136,8 +156,9 @@ def check_order(output: Any, truth_signatures: Any, pixels: Any) -> dict[str, An
 def window_error(output: Any, hu: Any, framework: str) -> float:
     """Largest difference from the truth windowed by the framework's own formula, same index.
 
-    The two window formulas differ slightly (DICOM's linear VOI vs a plain linear ramp), so
-    each is held to its own; a misordered slice shows up as a large error.
+    The window formulas differ slightly (DICOM's linear VOI for domainvlm and the floor, a
+    plain linear ramp for MONAI), so each is held to its own; a misordered slice shows up as a
+    large error.
     """
     import numpy as np
 
@@ -146,12 +167,22 @@ def window_error(output: Any, hu: Any, framework: str) -> float:
     center, width = WINDOW
     worst = 0.0
     for k in range(min(len(output), len(hu))):
-        if framework == "domainvlm":
+        if framework in ("domainvlm", "floor"):
             expected = apply_window(hu[k], center, width)
         else:
             expected = np.clip((hu[k] - (center - width / 2)) / width, 0.0, 1.0)
         worst = max(worst, float(np.max(np.abs(output[k] - expected))))
     return round(worst, 6)
+
+
+def same_volume(floor: Any, ours: Any) -> dict[str, Any]:
+    """Whether the floor produced exactly domainvlm's volume: the comparison is fair only then."""
+    import numpy as np
+
+    if floor.shape != ours.shape:
+        return {"equals_domainvlm": False, "max_abs_difference_from_domainvlm": None}
+    return {"equals_domainvlm": bool(np.array_equal(floor, ours)),
+            "max_abs_difference_from_domainvlm": float(np.max(np.abs(floor - ours)))}
 
 
 def versions() -> dict[str, str]:
@@ -177,11 +208,17 @@ def main(argv: list[str] | None = None) -> int:
         truth = signatures(hu, pixels)
         times: dict[str, list[float]] = {name: [] for name in FRAMEWORKS}
         checks: dict[str, dict[str, Any]] = {}
+        ours = None
         for name in FRAMEWORKS:  # warm-up: imports, page cache; its output is what is checked
             output = LOADERS[name](folder)
             checks[name] = {**check_order(output, truth, pixels),
                             "max_abs_error": window_error(output, hu, name)}
+            if name == "domainvlm":
+                ours = output
+            elif name == "floor":
+                checks[name].update(same_volume(output, ours))
             del output
+        del ours
         for repeat in range(args.repeats):  # A B, B A, ...
             for name in FRAMEWORKS[:: 1 if repeat % 2 == 0 else -1]:
                 gc.collect()
@@ -222,8 +259,11 @@ def summarise(args: argparse.Namespace, times: dict[str, list[float]],
         out[name] = {"seconds": round(statistics.median(times[name]), 4),
                      "seconds_each": [round(t, 4) for t in times[name]], **checks[name]}
     out["speedup"] = round(out["monai"]["seconds"] / out["domainvlm"]["seconds"], 3)
+    out["ratio_to_floor"] = {name: round(out[name]["seconds"] / out["floor"]["seconds"], 3)
+                             for name in ("domainvlm", "monai")}
     goals = {f"speedup_ge_{GOAL_SPEEDUP}": out["speedup"] >= GOAL_SPEEDUP,
-             "order_correct": out["domainvlm"]["order_correct"]}
+             "order_correct": out["domainvlm"]["order_correct"],
+             "floor_equals_domainvlm": out["floor"]["equals_domainvlm"]}
     out["goal_met"] = {**goals, "all": all(goals.values())}
     out["load_average"] = [round(x, 2) for x in os.getloadavg()]
     out["wall_s"] = round(wall, 1)

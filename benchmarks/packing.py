@@ -4,7 +4,7 @@ per sequence: rows per second, and proof that both take the same steps.
 
 The shipped nano model (a FastVLM), fed 320 px images as `domainvlm demo` feeds it (100 image
 tokens), is LoRA-fine-tuned twice per repeat in one process, alternating which goes first, on
-coloured-shape questions (`domainvlm.synth`, 10 per image): rows one per sequence, then
+coloured-shape questions (`domainvlm.nano.shapes_world`, 10 per image): rows one per sequence, then
 `--pack-questions`. Every step takes the whole training set, each forward pass the same 20 rows
 (20 rows, or 2 images with their 10 questions each), so both runs make the same updates and
 their adapters may differ by float32 summation order only. One JSON object goes to stdout; see
@@ -59,7 +59,7 @@ def prepare(args: argparse.Namespace, workdir: Path) -> tuple[Path, Path, int]:
     """The nano at the benchmark's input size, and a training file of exactly `args.images`
     images with 10 questions each; returns (model, data, rows)."""
     from domainvlm.nano import ensure_nano, with_input_size
-    from domainvlm.synth import write_shapes_dataset
+    from domainvlm.nano.shapes_world import write_shapes_dataset
 
     model = with_input_size(ensure_nano(), args.image_size, workdir / "nano")
     # write_shapes_dataset keeps a quarter of the images for its eval split

@@ -42,9 +42,9 @@ import train_throughput_workers as workers
 ROOT = Path(__file__).resolve().parents[1]
 FRAMEWORKS = ("domainvlm", "trl")
 EXTRA_MODES = ("packed_questions", "bf16")  # single_row always runs: the headline ratio
-MIN_QA_PER_IMAGE = 7  # domainvlm.synth.scene_questions asks 7 to 10 questions per scene
+MIN_QA_PER_IMAGE = 7  # domainvlm.nano.shapes_world.scene_questions asks 7 to 10 per scene
 IMAGE_SIZE = 64
-MODEL_SIZE = "small"  # domainvlm.tiny.SIZES preset: ~4.8 M parameters, patch 8 at 64 px
+MODEL_SIZE = "small"  # domainvlm.models.random_init.SIZES: ~4.8 M parameters, patch 8 at 64 px
 LORA = {"r": 8, "alpha": 16, "dropout": 0.0}
 WARMUP_RATIO = 0.03  # domainvlm's default; TRL gets the same number of warm-up steps
 GOAL_SPEEDUP = 1.5

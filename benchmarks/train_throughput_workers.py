@@ -104,7 +104,7 @@ def prepare(plan: dict[str, Any], mode: str | None) -> dict[str, Any]:
     """Build the model and data set once; every run reads the same files."""
     from transformers import AutoModelForImageTextToText
 
-    from domainvlm.synth import write_shapes_dataset
+    from domainvlm.nano.shapes_world import write_shapes_dataset
     from domainvlm.tiny import build_tiny_model
     from domainvlm.train.lora import select_targets
 

@@ -15,10 +15,10 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from domainvlm.tiny import FAMILIES as TINY_FAMILIES
+from domainvlm.families import known_family_names
 
-# The tiny-model factory's families: the table's, and Mllama, which runs the generic path.
-TinyFamily = enum.Enum("TinyFamily", {name: name for name in TINY_FAMILIES}, type=str)
+# The tiny-model factory's families: the registry's, and those that run the generic path.
+TinyFamily = enum.Enum("TinyFamily", {name: name for name in known_family_names()}, type=str)
 
 app = typer.Typer(
     help="Adapt pretrained vision-language models to domain data with LoRA.\n\n"
@@ -41,7 +41,9 @@ def _root(
 ):
     global _DEBUG
     _DEBUG = debug or os.environ.get("DOMAINVLM_DEBUG") == "1"
-    if not verbose:
+    if verbose:
+        os.environ["DOMAINVLM_QUIET"] = "0"  # over a quiet parent's: decoders and workers too
+    else:
         from domainvlm.quiet import quiet_libraries
 
         quiet_libraries()
@@ -80,9 +82,9 @@ def _finetune_command():
                 typer.echo(f"{stop}\nresume with: {resume_command(sys.argv, cfg.overwrite)}",
                            err=True)
             sys.exit(130)
-        typer.echo(f"adapter: {result.adapter}  steps: {result.steps}  "
-                   f"final loss: {result.final_loss:.4f}  "
+        typer.echo(f"steps: {result.steps}  final loss: {result.final_loss:.4f}  "
                    f"samples/s: {result.samples_per_second:.1f}")
+        typer.echo(f"wrote {result.adapter}")
 
     finetune.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
     finetune.__doc__ = (
@@ -166,6 +168,59 @@ def eval_command(
                        ignore_base_mismatch=ignore_base_mismatch)
     for line in summary_lines(metrics):
         typer.echo(line)
+    typer.echo(f"wrote {output}")
+
+
+VIEW_FROM = {"recorded": "the view recorded with the model's training data",
+             "recorded+given": "the recorded training view, changed by --view",
+             "given": "--view (the model recorded none)",
+             "default": "the reader's default view (the model recorded none)"}
+
+
+@app.command("ask")
+def ask_command(
+    question: Annotated[str, typer.Argument(help="The question, in quotes.")],
+    model: Annotated[str, typer.Option(
+        help="Adapter folder of a fine-tuning run, or a model (hub id / folder).")],
+    image: Annotated[list[str], typer.Option(
+        help="An image file, a DICOM file or a DICOM series folder. Repeat it for several: "
+        "all go to the one question, in order.")],
+    base: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        help="Base model of the adapter (default: the one it names).")] = None,
+    view: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        help="How DICOM becomes images, over the view recorded with the adapter's training "
+        "data (`dicom build-vqa` records it; with none recorded, a montage of 9 axial slices "
+        "in lung / mediastinum / bone windows as RGB): key=value pairs joined by commas, e.g. "
+        "strategy=slabs,count=4,window=lung (window=40,400 works too), or a JSON object. "
+        "Keys: strategy (montage|slabs|slices|mip), count, plane, window, image_size, "
+        "layout (grid|sides).")] = None,
+    max_new_tokens: Annotated[int, typer.Option(min=1)] = 32,
+    json_output: Annotated[bool, typer.Option(
+        "--json", help="Print one JSON object: answer, model, base, the images and views "
+        "used, seconds.")] = False,
+    ignore_base_mismatch: Annotated[bool, typer.Option(help=IGNORE_BASE_HELP)] = False,
+) -> None:
+    """Ask a model one question about images, greedily, as `eval` answers.
+
+    The answer goes to stdout; how each DICOM input was rendered (and whose view was used)
+    to stderr. Example: domainvlm ask --model runs/chest/adapter --image scan.png
+    "Is there a nodule?"
+    """
+    import json
+
+    from domainvlm.ask import ask
+
+    asked = ask(model, image, [question], base=base, view=view,
+                max_new_tokens=max_new_tokens, ignore_base_mismatch=ignore_base_mismatch)
+    if json_output:
+        typer.echo(json.dumps(asked.summary(), indent=2))
+        return
+    for item in asked.inputs:
+        if item.description:
+            settings = ",".join(f"{k}={v}" for k, v in (item.view or {}).items())
+            how = f" [view: {VIEW_FROM[item.view_from]}: {settings}]" if item.view_from else ""
+            typer.echo(f"{item.input}: {item.description}{how}", err=True)
+    typer.echo(asked.answers[0])
 
 
 @app.command("probe")
@@ -181,20 +236,20 @@ def probe_command(
     receives? A logistic regression per question on pooled features, fitted on TRAIN and
     scored on TEST, beside always giving the commonest training answer. Run it on a base
     model before fine-tuning: a probe near the baseline means the vision side must learn."""
+    from domainvlm.atomic import write_json
     from domainvlm.evaluation.probe import probe_closed_questions
     from domainvlm.outputs import check_file
-    from domainvlm.train.run_dir import write_json_atomic
 
     if output is not None:
         check_file(output, inputs=[train, test], overwrite=overwrite)
     result = probe_closed_questions(model, train, test)
     if output is not None:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(output, result)
-        typer.echo(f"written: {output}")
+        write_json(output, result)
     for name, row in result["by_category"].items():
         typer.echo(f"{name}: probe {100 * row['probe_accuracy']:.1f}%, commonest answer "
                    f"{100 * row['baseline_accuracy']:.1f}% ({row['n']} test questions)")
+    if output is not None:
+        typer.echo(f"wrote {output}")
 
 
 @app.command("merge")
@@ -211,7 +266,7 @@ def merge_command(
 
     merged = merge_adapter(adapter, output, base=base, overwrite=overwrite,
                            ignore_base_mismatch=ignore_base_mismatch)
-    typer.echo(f"merged model: {merged}")
+    typer.echo(f"wrote {merged}")
 
 
 @app.command("tiny-model")
@@ -229,7 +284,7 @@ def tiny_model_command(
 
     with new_output(output, "tiny-model", overwrite=overwrite) as partial:
         build_tiny_model(family.value, partial, seed=seed)
-    typer.echo(f"tiny {family.value} model: {output}")
+    typer.echo(f"wrote {output} (tiny {family.value} model)")
 
 
 @app.command("synth-data")
@@ -242,13 +297,14 @@ def synth_data_command(
         help="Replace a data set written there before.")] = False,
 ) -> None:
     """Write a small synthetic VQA set (coloured shapes) to try the engine on."""
+    from domainvlm.nano.shapes_world import write_shapes_dataset
     from domainvlm.outputs import new_output
-    from domainvlm.synth import write_shapes_dataset
 
     with new_output(output, "synth-data", overwrite=overwrite) as partial:
         written = write_shapes_dataset(partial, images, seed)
     for split, path in written.items():
         typer.echo(f"{split}: {output / path.name}")
+    typer.echo(f"wrote {output}")
 
 
 @app.command("info")

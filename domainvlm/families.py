@@ -60,6 +60,11 @@ FAMILIES: tuple[Family, ...] = (
 
 GENERIC = Family("generic", (), image_features_as=None)
 
+# Families that need no entry above: they run the generic path (`GENERIC`). A random model of
+# each is built (`domainvlm.models.random_init`) so the generic path stays tested on a real
+# architecture (Mllama: images reach the text model by cross-attention, not image tokens).
+GENERIC_PATH_FAMILIES: tuple[str, ...] = ("mllama",)
+
 
 def family_for(model_type: str) -> Family:
     """The registry entry for a transformers `model_type`, or the generic entry."""
@@ -70,4 +75,10 @@ def family_for(model_type: str) -> Family:
 
 
 def family_names() -> list[str]:
+    """The families with an entry in the table."""
     return [f.name for f in FAMILIES]
+
+
+def known_family_names() -> list[str]:
+    """Every family the project builds and tests: the table's, then the generic path's."""
+    return family_names() + list(GENERIC_PATH_FAMILIES)

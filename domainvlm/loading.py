@@ -117,19 +117,29 @@ def load_processor(source: str, family: Family, resolution: dict[str, int] | Non
 
 
 def load_model(
-    source: str,
+    source: str | Path,
     *,
     dtype: str = "auto",
     device: str | None = None,
     quantization: str | None = None,
     resolution: dict[str, int] | None = None,
 ) -> LoadedModel:
-    """Load model + processor from a hub id or folder.
+    """Load model + processor from a hub id or folder (a base model, or one written by
+    `merge`); `load_with_adapter` also takes adapter folders.
 
     `quantization="4bit"` loads the weights with bitsandbytes NF4 for QLoRA; it needs a CUDA GPU.
+
+    Example::
+
+        from domainvlm import answer, load_model
+
+        loaded = load_model("llava-hf/llava-1.5-7b-hf")   # LoadedModel(model, processor, ...)
+        print(loaded.family.name, type(loaded.model).__name__)
+        print(answer(loaded, "scan.png", "What is shown?"))
     """
     from transformers import AutoModelForImageTextToText
 
+    source = str(source)
     resolved, config = load_config(source)
     family = family_for(config.model_type)
     device = pick_device(device)

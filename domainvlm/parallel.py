@@ -41,7 +41,10 @@ def map_in_order(function: Callable[..., T], calls: Iterable[tuple[Any, ...]], w
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+    from domainvlm.quiet import quiet_worker
+
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=quiet_worker) as pool:
         pending: deque = deque()
         try:
             for args in calls:

@@ -6,13 +6,10 @@ patient attributes: tables show counts, geometry and coding, never names, ids or
 
 from __future__ import annotations
 
-from collections import defaultdict
 from pathlib import Path
 from typing import Annotated
 
 import typer
-
-from domainvlm.medical.demo import NANO_INPUT_PX, DemoConfig
 
 app = typer.Typer(
     help="DICOM in: inspect, render, de-identify, synthesise CT, build VQA data.\n\n"
@@ -27,49 +24,34 @@ def info_command(
     path: Annotated[Path, typer.Argument(help="A DICOM file, a folder (searched recursively) "
                                          "or a .zip archive.")],
 ) -> None:
-    """A table of the series found (modality, instances, frames, size, spacing, transfer
-    syntax); no patient attribute is shown."""
-    from rich.console import Console
-    from rich.table import Table
+    """The series found, each named by the end of its UID, its description and its folder,
+    with modality, images, size, spacing and transfer syntax; no patient attribute is shown."""
+    import shutil
 
     from domainvlm.medical.errors import DicomError
+    from domainvlm.medical.info import Series, description, image_row, summary_lines
     from domainvlm.medical.io import iter_dicom
 
     unreadable: list[str] = []
-    series: dict[str, list[tuple[str, ...]]] = defaultdict(list)
+    series: dict[str, Series] = {}
     for source in iter_dicom(path, stop_before_pixels=True, unreadable=unreadable):
         try:
-            row = _info_row(source.dataset)
+            row = image_row(source.dataset)
         except (ValueError, TypeError, AttributeError, KeyError) as err:
             unreadable.append(f"{source.name}: malformed image attributes "
                               f"({type(err).__name__})")
             continue
-        series[str(source.dataset.get("SeriesInstanceUID", "?"))].append(row)
+        uid = str(source.dataset.get("SeriesInstanceUID", "?"))
+        one = series.setdefault(uid, Series(uid, description(source.dataset)))
+        one.names.append(source.name)
+        one.rows.append(row)
     if not series and not unreadable:
         raise DicomError(f"{path}: no DICOM files found")
-    table = Table(title=f"{sum(map(len, series.values()))} DICOM objects in {len(series)} series")
-    for column in ("#", "modality", "instances", "frames", "rows x cols", "pixel spacing",
-                   "slice thickness", "transfer syntax"):
-        table.add_column(column)
-    for number, rows in enumerate(series.values(), 1):
-        modality, frames, size, spacing, thickness, syntax = rows[0]
-        table.add_row(str(number), modality, str(len(rows)),
-                      str(sum(int(row[1]) for row in rows)), size, spacing, thickness, syntax)
     if series:
-        Console().print(table)
+        width = shutil.get_terminal_size((80, 24)).columns
+        for line in summary_lines(list(series.values()), path, width):
+            typer.echo(line)
     _report_skipped(unreadable, "could not be read")
-
-
-def _info_row(ds) -> tuple[str, ...]:
-    """(modality, frames, rows x cols, spacing, thickness, syntax) of one object; ValueError and
-    the like when an attribute is malformed."""
-    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-    spacing = ds.get("PixelSpacing")
-    return (str(ds.get("Modality", "?")), str(int(ds.get("NumberOfFrames", 1) or 1)),
-            f"{ds.get('Rows', '?')} x {ds.get('Columns', '?')}",
-            " x ".join(f"{float(v):g}" for v in spacing) if spacing else "-",
-            f"{float(ds.SliceThickness):g}" if ds.get("SliceThickness") else "-",
-            getattr(syntax, "name", str(syntax)))
 
 
 def _report_skipped(skipped: list[str], what: str) -> None:
@@ -125,7 +107,8 @@ def keygen_command(
     from domainvlm.medical.keys import write_key_file
 
     write_key_file(path)
-    typer.echo(f"new project key -> {path} (mode 600); use --project-key-file {path}")
+    typer.echo(f"new project key (mode 600): use --project-key-file {path}")
+    typer.echo(f"wrote {path}")
 
 
 def _progress(description: str, total: int | None = None):
@@ -152,13 +135,14 @@ def deid_command(
     with _progress("de-identifying") as advance:
         report = deidentify_tree(source, output, config, progress=advance)
     typer.echo(f"{report.files_written} files, {report.series} series, {report.studies} studies, "
-               f"{report.patients} patients -> {output} (dates {report.dates})")
+               f"{report.patients} patients (dates {report.dates})")
     if report.burned_in_allowed or report.possibly_burned_in_allowed:
         typer.echo(f"let through by --allow-burned-in, pixels not cleaned: "
                    f"{report.burned_in_allowed} marked BurnedInAnnotation=YES, "
                    f"{report.possibly_burned_in_allowed} of a kind that often shows text "
                    f"(ultrasound, secondary capture, photos, documents) without the tag; "
                    f"{report.identity_not_removed} files say PatientIdentityRemoved=NO")
+    typer.echo(f"wrote {output}")
     _report_skipped(report.skipped, "could not be read or de-identified")
 
 
@@ -175,6 +159,7 @@ def synth_command(
     (presence, side, size, count, organ, and false-premise ones) for `dicom build-vqa`."""
     import json
 
+    from domainvlm.atomic import write_text
     from domainvlm.medical.cohort import write_cohort
     from domainvlm.medical.cohort_questions import cohort_questions
 
@@ -183,8 +168,9 @@ def synth_command(
                                 progress=advance)
     labels = output / "labels.jsonl"
     rows = cohort_questions(manifest.patients)
-    labels.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    typer.echo(f"{patients} patients, {len(rows)} questions -> {output} (labels: {labels})")
+    write_text(labels, "".join(json.dumps(r) + "\n" for r in rows))
+    typer.echo(f"{patients} patients, {len(rows)} questions (labels: {labels})")
+    typer.echo(f"wrote {output}")
 
 
 @app.command("build-vqa")
@@ -248,6 +234,7 @@ def build_vqa_command(
     if report.kept_columns:
         typer.echo(f"label columns kept by --keep-column (your responsibility): "
                    f"{', '.join(report.kept_columns)}")
+    typer.echo(f"wrote {output}")
     _report_skipped(unreadable, "could not be read")
 
 
@@ -269,6 +256,7 @@ def import_vqa_command(
                               fractions=_fractions(split), seed=seed)
     for name, n in counts.items():
         typer.echo(f"{name}: {n} questions -> {output / (name + '.jsonl')}")
+    typer.echo(f"wrote {output}")
 
 
 def _fractions(split: str) -> dict[str, float]:
@@ -342,28 +330,31 @@ def render_command(
         buffer = io.BytesIO()
         Image.fromarray(image).save(buffer, format="PNG")
         write_bytes(path, buffer.getvalue())
-        typer.echo(f"{path}  {image.shape[1]}x{image.shape[0]}")
+        typer.echo(f"wrote {path} ({image.shape[1]}x{image.shape[0]})")
 
 
 def demo_command(
     output: Annotated[Path, typer.Option(help="Folder for the cohort, data, adapter, report.")] = (
         Path("runs/demo")),
-    model: Annotated[str, typer.Option(
-        help="Base model (hub id or folder), shown views at its processor's crop size; "
-        f"default: the nano model (shipped; built if missing), fed {NANO_INPUT_PX} px views.")]
-        = "",
-    patients: Annotated[int, typer.Option(min=10, help="Synthetic CT patients.")] = (
-        DemoConfig.patients),
-    epochs: Annotated[float, typer.Option(
-        min=0.1, help="Passes of LoRA fine-tuning over the training questions.")] = (
-        DemoConfig.epochs),
-    learning_rate: Annotated[float, typer.Option(
-        min=0.0, help="Peak LoRA learning rate (cosine schedule, 5% warm-up).")] = (
-        DemoConfig.learning_rate),
-    seed: int = 0,
+    config: Annotated[Path | None, typer.Option(
+        help="The recipe: a YAML file of every setting (default: the shipped "
+        "domainvlm/medical/recipes/ct-demo.yaml; copy it to make your own). The options below "
+        "override single values of it.")] = None,
+    model: Annotated[str | None, typer.Option(
+        help="Base model (hub id or folder), shown views at its processor's crop size "
+        "(recipe: `model`; null there is the shipped nano model).")] = None,
+    patients: Annotated[int | None, typer.Option(
+        min=10, help="Synthetic CT patients (recipe: `cohort.patients`).")] = None,
+    epochs: Annotated[float | None, typer.Option(
+        min=0.1, help="Passes of LoRA fine-tuning over the training questions (recipe: "
+        "`finetune.epochs`).")] = None,
+    learning_rate: Annotated[float | None, typer.Option(
+        min=0.0, help="Peak LoRA learning rate (recipe: `finetune.learning_rate`).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Cohort, split and training seed (recipe: "
+                                                   "`seed`).")] = None,
     workers: Annotated[int, typer.Option(
         min=0, help="Processes that write, de-identify and render the cohort (0: one per "
-        "CPU).")] = DemoConfig.workers,
+        "CPU).")] = 0,
     overwrite: Annotated[bool, typer.Option(help="Replace an earlier demo in OUTPUT.")] = False,
 ) -> None:
     """The whole promise on a laptop: synthetic CT as DICOM -> de-identified VQA data split by
@@ -374,12 +365,15 @@ def demo_command(
     from rich.console import Console
     from rich.table import Table
 
-    from domainvlm.medical.demo import run_demo, summary_rows
+    from domainvlm.medical.demo import DemoConfig, run_demo, summary_rows
+    from domainvlm.medical.demo_recipe import DEFAULT_RECIPE, load_recipe
 
     started = time.perf_counter()
-    result = run_demo(DemoConfig(output=output, model=model or None, patients=patients,
-                                 epochs=epochs, learning_rate=learning_rate, seed=seed,
-                                 workers=workers, overwrite=overwrite))
+    recipe = load_recipe(config or DEFAULT_RECIPE, {
+        "--model": model or None, "--patients": patients, "--epochs": epochs,
+        "--learning-rate": learning_rate, "--seed": seed})
+    result = run_demo(DemoConfig(output=output, recipe=recipe, workers=workers,
+                                 overwrite=overwrite))
     table = Table(title="held-out patients: base vs adapted")
     for column in ("metric", "base (zero-shot)", "adapted (LoRA)"):
         table.add_column(column)
@@ -391,3 +385,4 @@ def demo_command(
         console.print(f"{stage:>24}: {seconds:7.1f} s")
     console.print(f"report: {output / 'report.md'}  (wall time "
                   f"{time.perf_counter() - started:.0f} s)")
+    typer.echo(f"wrote {output}")

@@ -52,6 +52,10 @@ def write_ct_series(hu, folder: Path, spec: SeriesSpec) -> list[Path]:
     import numpy as np
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from pydicom.valuerep import DSfloat
+
+    def ds_value(value: float) -> DSfloat:  # DS holds 16 characters: 0.8660254037844387 does not
+        return DSfloat(float(value), auto_format=True)
 
     hu = np.asarray(hu)
     if hu.ndim != 3:
@@ -81,9 +85,9 @@ def write_ct_series(hu, folder: Path, spec: SeriesSpec) -> list[Path]:
         ds.StudyDate = ds.SeriesDate = ds.ContentDate = today
         position = np.asarray(spec.origin, float) + index * spec.spacing[0] * normal
         ds.ImagePositionPatient = [round(float(v), 4) for v in position]
-        ds.ImageOrientationPatient = [float(v) for v in spec.orientation]
-        ds.PixelSpacing = [float(spec.spacing[1]), float(spec.spacing[2])]
-        ds.SliceThickness = float(spec.spacing[0])
+        ds.ImageOrientationPatient = [ds_value(v) for v in spec.orientation]
+        ds.PixelSpacing = [ds_value(spec.spacing[1]), ds_value(spec.spacing[2])]
+        ds.SliceThickness = ds_value(spec.spacing[0])
         ds.SliceLocation = round(float(position @ normal), 4)
         ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
         ds.Rows, ds.Columns = pixels.shape

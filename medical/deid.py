@@ -76,6 +76,12 @@ class DeidConfig:
     `project_key` must pass `keys.check_project_key`, except with `synthetic_only`: the demo's
     exemption for its made-up patients, under which every data set without the synthetic
     cohort's mark is refused (`keys.is_synthetic`). Not offered by the CLI.
+
+    Example::
+
+        from domainvlm.medical import DeidConfig, read_key_file
+
+        config = DeidConfig(project_key=read_key_file("project.key"), shift_dates=False)
     """
 
     project_key: str = field(repr=False)  # a secret: kept out of logs and tracebacks
@@ -156,7 +162,17 @@ def patient_key(ds: Any) -> str:
 
 
 def deidentify(ds: Any, config: DeidConfig, name: str = "<dataset>") -> Any:
-    """A de-identified copy of `ds` (the input is not changed). See the module docstring."""
+    """A de-identified copy of `ds` (the input is not changed). See the module docstring.
+
+    Example::
+
+        import pydicom
+        from domainvlm.medical import DeidConfig, deidentify, read_key_file
+
+        config = DeidConfig(project_key=read_key_file("project.key"))
+        clean = deidentify(pydicom.dcmread("ct-001.dcm"), config, name="ct-001.dcm")
+        clean.save_as("ct-001-deid.dcm")
+    """
     return _deidentify(ds, config, name)[0]
 
 
@@ -370,6 +386,14 @@ def deidentify_tree(src: Path, dst: Path, config: DeidConfig,
     Output: `dst/<study UID>/<series UID>/<SOP instance UID>.dcm` (de-identified UIDs, so no
     input name survives). Written to a hidden sibling folder renamed to `dst` at the end: an
     error (e.g. BurnedInAnnotationError) leaves nothing behind. `progress(1)` per file.
+
+    Example::
+
+        from domainvlm.medical import DeidConfig, deidentify_tree, read_key_file
+
+        config = DeidConfig(project_key=read_key_file("project.key"))
+        report = deidentify_tree("dicom/", "dicom-deid/", config)
+        print(report.files_written, report.skipped)
     """
     src, dst = Path(src), Path(dst)
     if src.is_dir() and dst.resolve().is_relative_to(src.resolve()):

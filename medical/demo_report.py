@@ -24,14 +24,12 @@ def write_report(result: Any, cfg: Any, model: str, vqa: Path) -> Path:
     return out / "report.md"
 
 
-def _selection_note(seed: int) -> str:
+def _selection_note(seed: int, selection_seeds: list[int]) -> str:
     """How the recipe was chosen, and whether this seed's test patients took part."""
-    from domainvlm.medical.demo import SELECTION_SEEDS
-
     how = ("The recipe was chosen by comparing test scores of cohort seeds "
-           f"{', '.join(map(str, SELECTION_SEEDS))} (docs/experiments.md); later choices are "
+           f"{', '.join(map(str, selection_seeds))} (docs/experiments.md); later choices are "
            "made on the validation patients.")
-    if seed in SELECTION_SEEDS:
+    if seed in selection_seeds:
         return (f"{how} **Seed {seed} is one of them: its test figures informed the recipe and "
                 "are not held out from model selection**; run another `--seed` for a held-out "
                 "figure.")
@@ -123,8 +121,12 @@ def _predictions(folder: Path) -> dict[str, dict[str, Any]]:
 
 
 def _markdown(result: Any, cfg: Any, model: str, vqa: Path) -> str:
-    from domainvlm.medical.demo import CT_MATRIX, REPEATS, VIEW, config_dict, summary_rows
+    from domainvlm.medical.demo import config_dict, summary_rows
 
+    recipe = cfg.recipe
+    rows, columns = recipe.cohort.matrix
+    windows = recipe.view.window.replace("+", ", ")
+    repeats = ", ".join(f"{q} x{k}" for q, k in recipe.repeats.items()) or "none"
     build = json.loads((vqa / "build.json").read_text())
     table = "\n".join(f"| {a} | {b} | {c} |" for a, b, c in summary_rows(result))
     cats = sorted(result.adapted.get("by_category", {}))
@@ -136,13 +138,13 @@ def _markdown(result: Any, cfg: Any, model: str, vqa: Path) -> str:
     probe = _probe_table(result.probe)
     return f"""# domainvlm demo: adapting a VLM to CT on held-out patients
 
-Base model: `{model}`. Data: {cfg.patients} synthetic CT patients (`domainvlm.medical.cohort`,
-seed {cfg.seed}, {cfg.slices} slices of {CT_MATRIX[0]}x{CT_MATRIX[1]}) written as DICOM,
-de-identified (PS3.15 Basic Profile) and rendered as one montage of {VIEW['count']} slab MIPs per
-scan (RGB = {VIEW['window'].replace('+', ', ')} windows). Questions per split (by patient, no
-patient in two splits): {build['records']}; patients: {build['patients']}. Trained on more than
-once per epoch: {', '.join(f'"{q}" x{k}' for q, k in REPEATS.items())}. Scores below are on the
-**test** patients only, which no training saw. {_selection_note(cfg.seed)}
+Base model: `{model}`. Data: {recipe.cohort.patients} synthetic CT patients
+(`domainvlm.medical.cohort`, seed {recipe.seed}, {recipe.cohort.slices} slices of {rows}x{columns})
+written as DICOM, de-identified (PS3.15 Basic Profile) and rendered (view `{recipe.view.strategy}`,
+count {recipe.view.count}, windows {windows}). Questions per split (by
+patient, no patient in two splits): {build['records']}; patients: {build['patients']}. Trained
+on more than once per epoch (by question id): {repeats}. Scores below are on the **test**
+patients only, which no training saw. {_selection_note(recipe.seed, recipe.selection_seeds)}
 
 | metric (test patients) | base, zero-shot | adapted (LoRA) |
 | --- | --- | --- |
@@ -176,9 +178,8 @@ reach means the language side has not learned to use what it sees.
 
 ## Run
 
-Settings: `{json.dumps(config_dict(cfg))}`. The questions about each scan train as one
-sequence (`--pack-questions`: the image's tokens once, each question seeing only the image and
-itself), {cfg.batch_size} scans per step. Adapter: `finetune/adapter` (PEFT format).
+Settings: `{json.dumps(config_dict(cfg))}`. {_packing(recipe.finetune)} Adapter:
+`finetune/adapter` (PEFT format).
 Predictions: `eval-base/predictions.jsonl`, `eval-adapted/predictions.jsonl`.
 
 | stage | time |
@@ -189,6 +190,14 @@ The base model is a nano model pretrained on synthetic shapes, not a medical mod
 is synthetic: these numbers show that the pipeline adapts a model to a new imaging domain and
 measures it honestly, not that anything here is fit for clinical use.
 """
+
+
+def _packing(settings: Any) -> str:
+    if not settings.pack_questions:
+        return f"{settings.batch_size} questions per step."
+    return ("The questions about each scan train as one sequence (`--pack-questions`: the "
+            "image's tokens once, each question seeing only the image and itself), "
+            f"{settings.batch_size} scans per step.")
 
 
 def _probe_table(probe: dict[str, dict[str, Any]]) -> str:

@@ -36,6 +36,7 @@ from typing import Any
 
 from domainvlm.medical.archives import ArchiveLimits, zip_members
 from domainvlm.medical.errors import ArchiveLimitError, DicomDecodeError, DicomError, NotDicomError
+from domainvlm.quiet import native_stderr_hidden
 
 MAX_DECODED_BYTES = 4 * 2**30  # float32 output; a larger object is refused, not swapped to death
 
@@ -113,6 +114,13 @@ def iter_dicom(path: Path, *, stop_before_pixels: bool = False,
     `domainvlm.medical.archives`): ArchiveLimitError names the archive, member and limit.
     Given a list `unreadable`, a member of a folder or archive that is DICOM but cannot be read
     is recorded there ("name: why") and passed over, so one broken file does not stop the rest.
+
+    Example::
+
+        from domainvlm.medical import iter_dicom
+
+        for source in iter_dicom("dicom/", stop_before_pixels=True):
+            print(source.name, source.dataset.Modality)
     """
     path = Path(path)
     if not path.exists():
@@ -157,6 +165,13 @@ def read_frames(ds: Any, name: str = "<dataset>") -> Any:
     stored indices. Colour frames are RGB in stored units: YBR_FULL/YBR_FULL_422 and JPEG 2000
     YBR_ICT/YBR_RCT are converted once, by the decoder path, which alone knows whether the codec
     already did it. Raises DicomDecodeError (file, transfer syntax, what to do) on any failure.
+
+    Example::
+
+        from domainvlm.medical import iter_dicom, read_frames
+
+        source = next(iter_dicom("dicom/ct-001.dcm"))
+        hu = read_frames(source.dataset, source.name)[0]   # (rows, cols) in HU for CT
     """
     import numpy as np
 
@@ -248,21 +263,24 @@ def _decode(ds: Any, name: str) -> Any:
     syntax = _transfer_syntax(ds, name)
     label = f"{syntax.name} ({syntax})" if syntax.name != str(syntax) else str(syntax)
     decoder = _decoder(syntax, label, name)
-    try:
-        from pydicom.pixels.utils import as_pixel_options
+    # The codecs print their view of bad bytes on fd 2; what went wrong reaches the user as
+    # the DicomDecodeError below.
+    with native_stderr_hidden():
+        try:
+            from pydicom.pixels.utils import as_pixel_options
 
-        pixels, meta = decoder.as_array(ds, validate=True, **as_pixel_options(ds))
-        photometric = str(meta.get("photometric_interpretation", _photometric(ds)))
-    except MemoryError:
-        raise
-    except Exception as err:  # pydicom and its plugins raise many types for bad data
-        if syntax == "1.2.840.10008.1.2.4.51" and samples == 1 and _bits_stored(ds) > 8:
-            pixels, photometric = _gdcm_jpeg12(ds, frames, rows, cols, name, label, err), ""
-        else:
-            raise DicomDecodeError(
-                f"{name}: pixel data ({label}) cannot be decoded ({_detail(err)}); the data "
-                "are corrupt or truncated, or the image attributes (group 0028) do not match "
-                "them: re-export the file from its source") from None
+            pixels, meta = decoder.as_array(ds, validate=True, **as_pixel_options(ds))
+            photometric = str(meta.get("photometric_interpretation", _photometric(ds)))
+        except MemoryError:
+            raise
+        except Exception as err:  # pydicom and its plugins raise many types for bad data
+            if syntax == "1.2.840.10008.1.2.4.51" and samples == 1 and _bits_stored(ds) > 8:
+                pixels, photometric = _gdcm_jpeg12(ds, frames, rows, cols, name, label, err), ""
+            else:
+                raise DicomDecodeError(
+                    f"{name}: pixel data ({label}) cannot be decoded ({_detail(err)}); the "
+                    "data are corrupt or truncated, or the image attributes (group 0028) do "
+                    "not match them: re-export the file from its source") from None
     if pixels.ndim == (2 if samples == 1 else 3):
         pixels = pixels[None]
     if samples == 3 and photometric != "RGB":

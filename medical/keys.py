@@ -21,10 +21,10 @@ import os
 import re
 import secrets
 import stat
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from domainvlm.atomic import atomic_file
 from domainvlm.errors import ConfigError
 
 MIN_KEY_CHARS = 32  # 32 random characters of base64 carry 192 bits
@@ -79,29 +79,37 @@ def generate_key() -> str:
 
 
 def write_key_file(path: Path) -> Path:
-    """Write a new key to `path`, mode 0600, atomically; never replaces an existing file."""
+    """Write a new key to `path`, mode 0600, atomically; never replaces an existing file.
+
+    Example::
+
+        from domainvlm.medical import write_key_file
+
+        write_key_file("project.key")   # once per project; keep it secret and backed up
+    """
     path = Path(path)
     if path.exists():
         raise ConfigError(f"{path} already exists; a key file is never overwritten (that would "
                           "change every pseudonym of the project): choose another path")
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:  # mkstemp creates the file 0600, whatever the umask
-        with os.fdopen(fd, "w", encoding="ascii") as handle:
-            handle.write(generate_key() + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.link(temp, path)  # atomic, and fails if `path` appeared meanwhile
-    except FileExistsError:
+    try:  # a secret: readable by its owner only, whatever the umask lets other outputs be
+        with atomic_file(path, mode=0o600, replace=False, sync=True) as handle:
+            handle.write((generate_key() + "\n").encode("ascii"))
+    except FileExistsError:  # it appeared meanwhile
         raise ConfigError(f"{path} already exists; a key file is never overwritten") from None
-    finally:
-        Path(temp).unlink(missing_ok=True)
     return path
 
 
 def read_key_file(path: Path, flag: str = "--project-key-file") -> str:
     """The key in `path` (surrounding whitespace dropped). ConfigError when the file is
-    missing, empty, or readable by other users (on POSIX: `chmod 600` it)."""
+    missing, empty, or readable by other users (on POSIX: `chmod 600` it).
+
+    Example::
+
+        from domainvlm.medical import DeidConfig, read_key_file
+
+        config = DeidConfig(project_key=read_key_file("project.key"))
+    """
     path = Path(path)
     try:
         mode = path.stat().st_mode

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import atexit
 import json
-import os
 import secrets
 import shutil
 import socket
@@ -75,7 +74,8 @@ class LocalOrthanc:
     def __init__(self, workdir: Path, http_port: int | None = None, *,
                  start_timeout: float = 30.0, stop_timeout: float = 15.0,
                  executable: str | None = None) -> None:
-        self.workdir = Path(workdir)
+        # Absolute now: Orthanc runs in workdir and reads the paths in its config from there.
+        self.workdir = Path(workdir).absolute()
         self.http_port = http_port
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
@@ -184,9 +184,9 @@ class LocalOrthanc:
         return "\n".join(text.splitlines()[-lines:]) or "(empty log)"
 
     def _write_config(self, config: dict[str, Any]) -> None:
-        temp = self.config_path.with_name(f".{self.config_path.name}.tmp")
-        temp.write_text(json.dumps(config, indent=2))
-        os.replace(temp, self.config_path)
+        from domainvlm.atomic import write_json
+
+        write_json(self.config_path, config)
 
     def _launch(self, executable: str, port: int) -> None:
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - kept open for the child's life

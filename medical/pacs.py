@@ -384,12 +384,10 @@ def _part10(ds: Any) -> Any:
 
 
 def _save_atomic(ds: Any, folder: Path) -> Path:
+    from domainvlm.atomic import atomic_file
+
     target = folder / f"{ds.SOPInstanceUID}.dcm"
-    temp = folder / f".{target.name}.partial"
-    try:
-        _part10(ds).save_as(temp, enforce_file_format=True)
-        os.replace(temp, target)
-    finally:
-        temp.unlink(missing_ok=True)
+    with atomic_file(target) as handle:
+        _part10(ds).save_as(handle, enforce_file_format=True)
     return target
 

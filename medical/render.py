@@ -153,6 +153,15 @@ def render_frame(ds: Any, frame_values: np.ndarray, window: WindowSpec | None = 
     `window`: None uses the file's VOI (window tags, else VOI LUT, else percentiles);
     a preset name or (center, width) overrides it; "percentile" forces the stretch. Windows
     apply to grey images only. `frame` picks per-frame VOI tags in enhanced objects.
+
+    Example::
+
+        from PIL import Image
+        from domainvlm.medical import iter_dicom, read_frames, render_frame
+
+        source = next(iter_dicom("dicom/chest-xray.dcm"))
+        pixels = render_frame(source.dataset, read_frames(source.dataset)[0])  # its own VOI
+        Image.fromarray(pixels).save("xray.png")
     """
     values = np.asarray(frame_values)
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()

@@ -35,8 +35,8 @@ SHEAR_PIXELS = 0.5  # in-plane drift of a slice's position beyond this many pixe
 class Volume:
     """A stacked series. `values` float32 (z, y, x) in modality units (HU for CT).
 
-    Index (k, j, i) lies at patient point origin + k*dz*normal + j*dy*col_dir + i*dx*row_dir,
-    with row_dir = orientation[:3] and col_dir = orientation[3:] (DICOM LPS, mm).
+    Index (k, j, i) lies at patient point origin + k*dz*(normal + shear) + j*dy*col_dir +
+    i*dx*row_dir, with row_dir = orientation[:3] and col_dir = orientation[3:] (DICOM LPS, mm).
     """
 
     values: np.ndarray
@@ -54,6 +54,9 @@ class Volume:
     window: Window | None  # the first WindowCenter/WindowWidth in the tags, if any
     name: str  # the folder or file it was loaded from: what messages and views cite
     warnings: tuple[str, ...] = field(default=())  # irregularities that were allowed
+    # in-plane drift of the slice positions per mm along the normal: gantry tilt accepted by
+    # allow_tilt (the slices are stacked as acquired, so the grid is sheared); zero otherwise
+    shear: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -65,7 +68,7 @@ class Volume:
         row, col = np.asarray(self.orientation[:3]), np.asarray(self.orientation[3:])
         dz, dy, dx = self.spacing
         matrix = np.eye(4)
-        matrix[:3, 0] = np.asarray(self.normal) * dz
+        matrix[:3, 0] = (np.asarray(self.normal) + np.asarray(self.shear)) * dz
         matrix[:3, 1] = col * dy
         matrix[:3, 2] = row * dx
         matrix[:3, 3] = self.origin
@@ -105,8 +108,16 @@ def load_volume(sources: Iterable[DicomSource] | str | Path, *, name: str | None
     `tolerance` is the fraction of the slice spacing that positions may stray from a regular
     grid. `allow_gaps` records gaps and uneven spacing in `Volume.warnings` instead of raising
     (dz is then the median step); `allow_tilt` does the same for slices shifted in-plane
-    (gantry tilt), which are then stacked unsheared. `drop_duplicates` keeps the first file
+    (gantry tilt), stacked as acquired with the shear in `Volume.shear` and the affine, so
+    each voxel keeps its patient position. `drop_duplicates` keeps the first file
     of slices that share a position only when their values are identical copies.
+
+    Example::
+
+        from domainvlm.medical import load_volume
+
+        volume = load_volume("dicom/series-3")      # a folder (or zip) of one series
+        print(volume.shape, volume.spacing)          # (slices, rows, cols), (dz, dy, dx) mm
     """
     if isinstance(sources, str | Path):
         name = name or str(sources)
@@ -134,7 +145,7 @@ def load_volume(sources: Iterable[DicomSource] | str | Path, *, name: str | None
     dz = _slice_step(slices, along, name, allow_gaps, tolerance, warnings,
                      _nominal_step(sources[slices[0].source].dataset, slices[0].frame))
     dy, dx = (float(v) for v in slices[0].pixel_spacing)
-    _check_shear(slices, along, normal, (dy, dx), name, allow_tilt, warnings)
+    shear = _shear(slices, along, normal, (dy, dx), name, allow_tilt, warnings)
 
     first = sources[0].dataset
     return Volume(
@@ -153,6 +164,7 @@ def load_volume(sources: Iterable[DicomSource] | str | Path, *, name: str | None
         window=_window_from_tags(first),
         name=name,
         warnings=tuple(warnings),
+        shear=tuple(float(v) for v in shear),
     )
 
 
@@ -328,24 +340,27 @@ def _nominal_step(ds: Any, frame: int | None) -> float:
     return 1.0
 
 
-def _check_shear(slices: list[_Slice], along: np.ndarray, normal: np.ndarray,
-                 pixel: tuple[float, float], name: str, allow_tilt: bool,
-                 warnings: list[str]) -> None:
-    """Positions must lie on one line along the normal; gantry tilt shears them sideways."""
+def _shear(slices: list[_Slice], along: np.ndarray, normal: np.ndarray,
+           pixel: tuple[float, float], name: str, allow_tilt: bool,
+           warnings: list[str]) -> np.ndarray:
+    """In-plane drift per mm along the normal (3,): zero when the positions lie on one line
+    along the normal; gantry tilt shears them sideways, which raises unless allowed."""
     first = slices[0].position
     offsets = np.array([s.position - first - (a - along[0]) * normal
                         for s, a in zip(slices, along, strict=True)])
     drift = float(np.max(np.linalg.norm(offsets, axis=1)))
     if drift <= SHEAR_PIXELS * min(pixel):
-        return
+        return np.zeros(3)
     worst = int(np.argmax(np.linalg.norm(offsets, axis=1)))
     problem = (f"slices drift {drift:.3g} mm in-plane from the first slice's position "
                f"(most at {slices[worst].name}): gantry tilt or a moved table")
     if not allow_tilt:
         raise SeriesGeometryError(
             f"{name}: {problem}; resample the series, or pass allow_tilt=True to stack it "
-            "unsheared")
+            "as acquired (sheared)")
     warnings.append(problem)
+    span = along - along[0]
+    return (span @ offsets) / (span @ span)  # least squares: exact for a steady tilt
 
 
 # --- values -------------------------------------------------------------------------------------

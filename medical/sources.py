@@ -19,7 +19,15 @@ SeriesFetcher = Callable[[str | None, str | None], list[DicomSource]]
 def folder_fetcher(source: Path, progress: Callable[[int], None] | None = None,
                    unreadable: list[str] | None = None) -> SeriesFetcher:
     """Index every DICOM object under `source` (folder, zip, file) by study and series UID;
-    with a list `unreadable`, broken files are recorded there and passed over."""
+    with a list `unreadable`, broken files are recorded there and passed over.
+
+    Example::
+
+        from domainvlm.medical import folder_fetcher
+
+        fetch = folder_fetcher("dicom/")
+        series = fetch(None, "1.2.840.113619.2.55.3.1234")   # by series UID; [] if none
+    """
     from domainvlm.medical.io import iter_dicom
 
     series: dict[str, list[DicomSource]] = defaultdict(list)

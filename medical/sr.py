@@ -22,7 +22,6 @@ Content tree (TID-free, Comprehensive SR):
 from __future__ import annotations
 
 import datetime as dt
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -218,14 +217,11 @@ def answer_to_sr(question: str, answer: str, sources: Sequence[Any], model_name:
 
 def save_sr(sr: Any, path: Path) -> Path:
     """Write the SR as a Part-10 file, via a temp file and a rename."""
+    from domainvlm.atomic import atomic_file
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.partial")
-    try:
-        sr.save_as(temp, enforce_file_format=True)
-        os.replace(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)
+    with atomic_file(path) as handle:
+        sr.save_as(handle, enforce_file_format=True)
     return path
 
 

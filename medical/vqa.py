@@ -18,6 +18,7 @@ from typing import Any, Literal, get_args
 
 from domainvlm.atomic import new_folder
 from domainvlm.errors import ConfigError, DataError
+from domainvlm.evaluation.metrics import question_type
 from domainvlm.medical.deid import DeidConfig, deidentify
 from domainvlm.medical.io import DicomSource
 from domainvlm.medical.labels import LabelRow, read_labels, travelling_columns
@@ -55,6 +56,12 @@ class ViewSpec:
     body's midline, the image-left halves (the patient's right) tiled in the left half of the
     image and the others in the right half, so that "which side" is a half of the image, not a
     place within a tile.
+
+    Example::
+
+        from domainvlm.medical import ViewSpec
+
+        ViewSpec(strategy="slabs", count=4, window="lung", layout="sides", image_size=384)
     """
 
     strategy: Strategy = "montage"
@@ -104,7 +111,16 @@ def window_of(text: str) -> Any:
 
 
 def render_views(volume: Volume, spec: ViewSpec) -> list[View]:
-    """The images of `volume` that one record shows (RGB when the window is composite)."""
+    """The images of `volume` that one record shows (RGB when the window is composite).
+
+    Example::
+
+        from domainvlm.medical import ViewSpec, load_volume, render_views
+
+        views = render_views(load_volume("dicom/series-3"), ViewSpec(strategy="mip"))
+        views[0].to_pil().save("mip.png")
+        print(views[0].description, views[0].sop_instance_uids[:3])
+    """
     import numpy as np
 
     windows = composite_windows(spec.window)
@@ -176,6 +192,16 @@ def build_vqa(fetch: SeriesFetcher, labels: Path | Sequence[LabelRow], output: P
     by side (fetching stays here); the output is the same for any number. Label columns
     other than the known ones (`domainvlm.medical.labels.RECORD_COLUMNS`) and
     `keep_columns` are dropped, and named in the report.
+
+    Example::
+
+        from domainvlm.medical import (DeidConfig, ViewSpec, build_vqa, folder_fetcher,
+                                       read_key_file)
+
+        report = build_vqa(folder_fetcher("dicom/"), "labels.csv", "vqa/",
+                           deid=DeidConfig(project_key=read_key_file("project.key")),
+                           views=ViewSpec(strategy="slabs", count=9))
+        print(report.records)                    # questions per split; vqa/train.jsonl ...
     """
     views = views or ViewSpec()
     rows = read_labels(labels) if isinstance(labels, str | Path) else list(labels)
@@ -258,21 +284,24 @@ def _record(row: LabelRow, scan: _Scan, travel: frozenset[str]) -> dict[str, Any
     images = scan.images
     extra = {k: v for k, v in row.extra.items() if k in travel}
     return {**extra, "image": [image["path"] for image in images], "question": row.question,
-            "answer": row.answer, "question_type": row.question_type or _guess_type(row.answer),
+            "answer": row.answer, "question_type": question_type(row.answer, row.question_type),
             "answerable": row.answerable, "patient": scan.patient, "study_uid": scan.study_uid,
             "series_uid": scan.series_uid,
             "views": [{k: v for k, v in image.items() if k != "path"} for image in images]}
-
-
-def _guess_type(answer: str) -> str:
-    return "closed" if answer.strip().lower() in ("yes", "no") else "open"
 
 
 def write_public_vqa(source: Path, output: Path, *, image_root: Path | None = None,
                      fractions: Mapping[str, float] = DEFAULT_FRACTIONS,
                      seed: int = 0) -> dict[str, int]:
     """VQA-RAD / SLAKE JSON -> `output/{split}.jsonl` for the core engine, split by patient
-    (the scan an image comes from). Returns questions per split."""
+    (the scan an image comes from). Returns questions per split.
+
+    Example::
+
+        from domainvlm.medical import write_public_vqa
+
+        write_public_vqa("slake/train.json", "slake-vqa/", image_root="slake/imgs")
+    """
     from domainvlm.medical.labels import read_public_vqa
 
     rows = read_public_vqa(source, image_root)

@@ -14,7 +14,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest  # noqa: E402
 
 from domainvlm.nano import NanoRecipe  # noqa: E402
-from domainvlm.synth import write_shapes_dataset  # noqa: E402
+from domainvlm.nano.shapes_world import write_shapes_dataset  # noqa: E402
 from domainvlm.tiny import FAMILIES, build_tiny_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,7 +72,7 @@ def shapes_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
     Without the captions: engine tests compare runs step by step at a high learning rate, and
     one- or two-word answers keep float32 padding effects below their 1e-5 bounds (the
-    synthetic world, captions included, is tested in test_synth.py).
+    synthetic world, captions included, is tested in tests/nano/test_shapes_world.py).
     """
     import json
 

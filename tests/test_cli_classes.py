@@ -10,6 +10,7 @@ of the user's lost or half-written. A test fails when a command exists that this
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -106,7 +107,7 @@ WRITERS = {
     "dicom render": (["dicom", "render", "{series}", "{out}/file.out"], True),
     "dicom keygen": (["dicom", "keygen", "{out}/file.out"], False),
 }
-READERS = {"info", "nano path", "dicom info"}  # commands that write nothing
+READERS = {"info", "nano path", "dicom info", "ask"}  # commands that write nothing
 CACHE_WRITERS = {"nano pretrain"}  # writes only into domainvlm's own cache
 
 
@@ -123,6 +124,42 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 
 def test_the_tables_cover_every_command():
     assert leaf_commands() == set(WRITERS) | READERS | CACHE_WRITERS | set(c[0] for c in DOMAIN)
+
+
+# What a command that writes prints last: where, and (optionally) what, e.g.
+# "wrote runs/x/adapter" or "wrote scan.png (512x512)".
+WROTE = re.compile(r"wrote (?P<path>.+?)(?: \([^()]*\))?")
+SAID_ELSEWHERE = {"demo": "tests/medical/test_demo.py"}  # minutes to run: checked there
+FAST = {"dicom build-vqa": ["--strategy", "slices", "--count", "1"]}  # later options win
+
+
+@pytest.mark.parametrize("command", sorted(leaf_commands() - READERS))
+def test_every_command_that_writes_ends_by_saying_where(command, world, tmp_path, capsys,
+                                                        monkeypatch, request):
+    """A command not listed in READERS writes; its last line of output names what it wrote,
+    which exists and lies in the output it was given (the nano model: in the cache)."""
+    if command in SAID_ELSEWHERE:
+        assert Path(ROOT / SAID_ELSEWHERE[command]).read_text().count('f"wrote {out}"') == 1
+        return
+    if command in CACHE_WRITERS:  # the tiny recipe, which the fixture builds once a session
+        from conftest import TINY_NANO_RECIPE
+
+        built = request.getfixturevalue("tiny_nano")
+        recipe = tmp_path / "recipe.json"
+        recipe.write_text(json.dumps(dataclasses.asdict(TINY_NANO_RECIPE)))
+        code, out, err = run(capsys, monkeypatch, *command.split(), "--recipe", recipe)
+        assert code == 0, err
+        assert out.splitlines()[-1] == f"nano model: {built}"
+        return
+    assert command in WRITERS, f"`{command}` is not in READERS, so it writes: list it in WRITERS"
+    output = tmp_path / "out"
+    code, out, err = run(capsys, monkeypatch, *args_for(command, world, output, False),
+                         *FAST.get(command, []))
+    assert code == 0, err
+    said = WROTE.fullmatch(out.splitlines()[-1])
+    assert said, out
+    path = Path(said["path"])
+    assert path.exists() and (path == output or output in path.parents), out
 
 
 @pytest.mark.parametrize("command", sorted(WRITERS))
@@ -192,6 +229,12 @@ DOMAIN = [
     ("synth-data", ["--output", "{tmp}/o", "--images", "1"],
      r"--images.*greater than or equal to 2"),
     ("info", ["{tmp}/no-such-model"], r"does not exist"),
+    ("ask", ["--model", "{model}", "--image", "{tmp}/no-such.png", "Is there a mass?"],
+     r"image .*no-such\.png does not exist"),
+    ("ask", ["--model", "{adapter}", "--image", "{data}", "--max-new-tokens", "0", "Q?"],
+     r"--max-new-tokens.*greater than or equal to 1"),
+    ("ask", ["--model", "{adapter}", "--image", "{series}", "--view", "count=0", "Q?"],
+     r"view count must be at least 1"),
     ("demo", ["--output", "{tmp}/o", "--learning-rate", "0"],
      r"`--learning-rate` must be a finite number above 0"),
     ("demo", ["--output", "{tmp}/o", "--epochs", "inf"],

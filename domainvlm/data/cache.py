@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from domainvlm.atomic import atomic_file
 from domainvlm.data.encode import Sample, encode_records
 from domainvlm.data.images import image_digest
 from domainvlm.data.prompting import PromptFormat
@@ -73,21 +74,6 @@ def data_fingerprint(records: list[Record], fmt: PromptFormat, max_length: int) 
     return digest.hexdigest()
 
 
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    """Write to a temp file in the same folder, then rename: never a half-written file."""
-    import torch
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def load_or_encode(records: list[Record], fmt: PromptFormat, max_length: int,
                    cache_dir: Path | None = None,
                    progress: Callable[[], None] | None = None) -> tuple[list[Sample], bool]:
@@ -99,8 +85,10 @@ def load_or_encode(records: list[Record], fmt: PromptFormat, max_length: int,
     if path.is_file():
         try:
             return torch.load(path, weights_only=True), True
-        except (RuntimeError, EOFError, OSError, pickle.UnpicklingError):
+        except (RuntimeError, EOFError, OSError, ValueError,  # a damaged pickle: ValueError
+                pickle.UnpicklingError):
             path.unlink(missing_ok=True)  # unreadable entry: rebuild it below
     samples = encode_records(records, fmt, max_length, progress)
-    atomic_torch_save(samples, path)
+    with atomic_file(path) as handle:  # never a half-written entry
+        torch.save(samples, handle)
     return samples, False

@@ -60,8 +60,9 @@ class PromptFormat:
         return cls(processor, family, rest[:start], _require_id(end_id, "end-of-turn"))
 
     def prompt(self, question: str, n_images: int) -> str:
-        if self.family.prompt_style == "plain":
-            return question
+        if self.family.prompt_style == "plain":  # the processor adds BOS and the newline;
+            # its image tokens, given up front, spare it the guess it warns about
+            return getattr(self.processor, "image_token", "") * n_images + question
         return self.processor.apply_chat_template(
             [user_message(question, n_images)], add_generation_prompt=True, tokenize=False
         )

@@ -9,8 +9,8 @@ from typing import Any
 from domainvlm.data.images import open_image
 from domainvlm.data.prompting import PromptFormat
 from domainvlm.data.records import Record
-from domainvlm.train.lora import part_of
-from domainvlm.train.vision_cache import TowerMemo
+from domainvlm.models.parts import part_of
+from domainvlm.models.vision_cache import TowerMemo
 
 
 def generate_answers(model: Any, fmt: PromptFormat, records: list[Record], *,

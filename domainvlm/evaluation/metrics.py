@@ -26,6 +26,7 @@ __all__ = [
     "is_abstention",
     "is_closed_question",
     "normalize_answer",
+    "question_type",
     "text_generation_metrics",
     "vqa_accuracy",
 ]
@@ -102,6 +103,19 @@ def is_closed_question(answer: str) -> bool:
     return normalize_answer(answer) in _CLOSED_ANSWERS
 
 
+def question_type(answer: str, declared: str | None = None) -> str:
+    """"closed" or "open": the type the data declares (any case; VQA-RAD writes CLOSED), else
+    closed exactly when the normalised answer is yes or no (`is_closed_question`), so "Yes."
+    and "NO" are closed and "Yes, on the left" is open.
+
+    The one rule by which evaluation scores, the probe picks its questions and the medical
+    VQA builder labels its records.
+    """
+    if declared and declared.strip():
+        return declared.strip().lower()
+    return "closed" if is_closed_question(answer) else "open"
+
+
 def _check_lengths(predictions: Sequence[object], other: Sequence[object], name: str) -> None:
     if len(predictions) != len(other):
         raise ValueError(f"predictions and {name} differ in length: "
@@ -123,7 +137,7 @@ def vqa_accuracy(predictions: list[str], references: list[str],
     """
     _check_lengths(predictions, references, "references")
     if question_types is None:
-        types = ["closed" if is_closed_question(r) else "open" for r in references]
+        types = [question_type(r) for r in references]
     else:
         _check_lengths(predictions, question_types, "question_types")
         types = [str(t).strip().lower() for t in question_types]

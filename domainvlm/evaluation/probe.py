@@ -18,7 +18,7 @@ from typing import Any
 
 from domainvlm.data.records import Record, load_records
 from domainvlm.errors import DataError
-from domainvlm.evaluation.metrics import is_closed_question, normalize_answer
+from domainvlm.evaluation.metrics import normalize_answer, question_type
 from domainvlm.progress import Reporter
 
 L2_GRID = (1e-3, 1e-2, 1e-1, 1.0)  # chosen per question by cross-validation on train only
@@ -98,8 +98,8 @@ def image_features(model: str, records: list[Record], keys: dict[int, str], *,
     from domainvlm.data.encode import encode_records, image_token_id, pad_token_id
     from domainvlm.data.prompting import PromptFormat
     from domainvlm.errors import ConfigError
-    from domainvlm.train.lora import part_of
-    from domainvlm.train.vision_cache import FEATURE_KEY, TowerMemo, attach_image_features
+    from domainvlm.models.parts import part_of
+    from domainvlm.models.vision_cache import FEATURE_KEY, TowerMemo, attach_image_features
 
     if base_too and not is_adapter_folder(model):
         raise ConfigError(f"{model} is not an adapter folder, so it has no base model to probe "
@@ -138,8 +138,7 @@ def image_features(model: str, records: list[Record], keys: dict[int, str], *,
 
 def _closed(records: list[Record]) -> list[Record]:
     return [r for r in records if r.answerable is not False
-            and ((r.question_type or "").strip().lower() == "closed"
-                 or (not r.question_type and is_closed_question(r.answer)))]
+            and question_type(r.answer, r.question_type) == "closed"]
 
 
 def _probed_questions(records: list[Record]) -> set[str]:

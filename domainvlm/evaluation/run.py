@@ -3,32 +3,28 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from domainvlm.adapter_io import load_with_adapter
+from domainvlm.atomic import write_json, write_text
 from domainvlm.data.prompting import PromptFormat
 from domainvlm.data.records import Record, load_records
 from domainvlm.evaluation.generate import generate_answers
 from domainvlm.evaluation.metrics import (
     abstention_rate,
-    is_closed_question,
+    question_type,
     text_generation_metrics,
     vqa_accuracy,
 )
 from domainvlm.outputs import new_output
 from domainvlm.progress import Reporter
-from domainvlm.train.run_dir import write_json_atomic
 
 
 def score(records: list[Record], predictions: list[str]) -> dict[str, Any]:
     """VQA accuracy by question type; text metrics on open questions; abstention if marked."""
     references = [r.answer for r in records]
-    # A record's own type wins (VQA-RAD writes "CLOSED"); untyped ones go by their answer.
-    types = [r.question_type.strip().lower() if r.question_type
-             else "closed" if is_closed_question(r.answer) else "open" for r in records]
+    types = [question_type(r.answer, r.question_type) for r in records]
     metrics: dict[str, Any] = {"vqa": vqa_accuracy(predictions, references, types)}
     open_ids = [i for i, t in enumerate(types) if t == "open"]
     if open_ids:
@@ -48,14 +44,28 @@ def score(records: list[Record], predictions: list[str]) -> dict[str, Any]:
     return metrics
 
 
-def evaluate(model: str, data: str, output: Path, *, base: str | None = None,
-             batch_size: int = 8, max_new_tokens: int = 32, overwrite: bool = False,
-             reporter: Reporter | None = None,
+def evaluate(model: str | Path, data: str | Path, output: str | Path, *,
+             base: str | Path | None = None, batch_size: int = 8, max_new_tokens: int = 32,
+             overwrite: bool = False, reporter: Reporter | None = None,
              ignore_base_mismatch: bool = False) -> dict[str, Any]:
-    """Write OUTPUT/predictions.jsonl and OUTPUT/metrics.json; return the metrics.
+    """Answer every question of `data` with `model` (a model, or an adapter folder on its
+    base), greedily; write OUTPUT/predictions.jsonl and OUTPUT/metrics.json; return the
+    metrics: `vqa` (accuracy, closed and open), `open_text` (BLEU-4, ROUGE-L, METEOR, CIDEr),
+    `abstention`, `by_category`, where the data has them.
 
     OUTPUT is new or empty, or (`overwrite`) holds an earlier evaluation, replaced once the new
-    one is complete."""
+    one is complete.
+
+    Example::
+
+        from domainvlm import evaluate
+
+        metrics = evaluate("runs/chest/adapter", "test.jsonl", output="runs/chest-eval")
+        print(metrics["vqa"]["accuracy"], metrics["vqa"]["closed_accuracy"])
+    """
+    model, output = str(model), Path(output)
+    base = str(base) if base is not None else None
+    data = str(data) if isinstance(data, Path) else data
     reporter = reporter or Reporter()
     with new_output(output, "eval", inputs=[model, data, base], overwrite=overwrite,
                     made_by_us=_earlier_evaluation) as partial:  # fails fast where unwritable
@@ -68,7 +78,7 @@ def evaluate(model: str, data: str, output: Path, *, base: str | None = None,
         metrics = {"model": model, "data": str(data), "n": len(records),
                    **score(records, predictions)}
         _write_predictions(partial / "predictions.jsonl", records, predictions)
-        write_json_atomic(partial / "metrics.json", metrics)
+        write_json(partial / "metrics.json", metrics)
     return metrics
 
 
@@ -78,17 +88,12 @@ def _earlier_evaluation(folder: Path) -> bool:
 
 
 def _write_predictions(path: Path, records: list[Record], predictions: list[str]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        for record, prediction in zip(records, predictions, strict=True):
-            row = {"source": record.source, "question": record.question,
-                   "answer": record.answer, "prediction": prediction,
-                   "question_type": record.question_type, "answerable": record.answerable,
-                   "category": record.category,
-                   "images": [str(image) for image in record.images
-                              if isinstance(image, str | Path)]}
-            handle.write(json.dumps(row) + "\n")
-    os.replace(tmp, path)
+    rows = [{"source": record.source, "question": record.question, "answer": record.answer,
+             "prediction": prediction, "question_type": record.question_type,
+             "answerable": record.answerable, "category": record.category,
+             "images": [str(image) for image in record.images if isinstance(image, str | Path)]}
+            for record, prediction in zip(records, predictions, strict=True)]
+    write_text(path, "".join(json.dumps(row) + "\n" for row in rows))
 
 
 def summary_lines(metrics: dict[str, Any]) -> list[str]:

@@ -5,10 +5,18 @@ Keys map one to one onto flags (`lora_r` is `--lora-r`), so an error can name bo
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from domainvlm.errors import ConfigError
 
@@ -16,7 +24,17 @@ Component = Literal["language", "vision", "projector"]
 
 
 class FinetuneConfig(BaseModel):
-    """Everything a fine-tuning run needs; validated where it is built."""
+    """Everything a fine-tuning run needs; validated where it is built (a bad value raises
+    ConfigError naming the key). The fields are the `domainvlm finetune` flags and YAML keys.
+
+    Example::
+
+        from domainvlm import FinetuneConfig, finetune
+
+        cfg = FinetuneConfig(model="llava-hf/llava-1.5-7b-hf", data="train.jsonl",
+                             output="runs/chest", eval_data="val.jsonl", epochs=3)
+        result = finetune(cfg)
+    """
 
     # inf or nan in a float setting (a learning rate of inf, a YAML `.nan`) would only show as
     # a run of NaN losses: refuse it before any work.
@@ -79,6 +97,12 @@ class FinetuneConfig(BaseModel):
     cache_dir: Path | None = None
     resume: bool = False
     overwrite: bool = False
+
+    @field_validator("model", "data", "eval_data", mode="before")
+    @classmethod
+    def _path_as_text(cls, value: object) -> object:
+        """A `Path` (or any path-like) where a model or data path is meant."""
+        return os.fspath(value) if isinstance(value, os.PathLike) else value
 
     @model_validator(mode="after")
     def _check(self) -> FinetuneConfig:

@@ -14,7 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from domainvlm.atomic import write_json
 from domainvlm.base_identity import BaseIdentity, identify, write_record
+from domainvlm.compat import enable_activation_checkpointing
 from domainvlm.data.cache import load_or_encode
 from domainvlm.data.collate import collate
 from domainvlm.data.encode import IGNORE_INDEX, image_token_id, pad_token_id
@@ -22,39 +24,37 @@ from domainvlm.data.images import image_digest
 from domainvlm.data.packing import attention_of, check_packable, pack_by_image, with_segment_mask
 from domainvlm.data.prompting import PromptFormat
 from domainvlm.data.records import load_records
+from domainvlm.data.views import training_views, write_views
 from domainvlm.errors import ConfigError
 from domainvlm.loading import load_model
-from domainvlm.progress import Reporter
-from domainvlm.train import checkpoint as ckpt
-from domainvlm.train.batching import epoch_batches, micro_batches, repeated
-from domainvlm.train.config import FinetuneConfig
-from domainvlm.train.lora import (
-    COMPONENT_NAMES,
-    apply_lora,
-    freeze_components,
-    may_leave_trainables_unused,
-    parameter_report,
-    part_of,
-    train_mode,
-    untrained_modules,
-)
-from domainvlm.train.run_dir import (
-    check_output,
-    claim_output,
-    mark_finished,
-    write_json_atomic,
-)
-from domainvlm.train.stops import check_finite, recorded_stops
-from domainvlm.train.vision_cache import (
+from domainvlm.models.parts import COMPONENT_NAMES, part_of
+from domainvlm.models.vision_cache import (
     TowerMemo,
     attach_image_features,
     encoder_outputs,
     feature_bytes,
 )
+from domainvlm.progress import Reporter
+from domainvlm.train import checkpoint as ckpt
+from domainvlm.train.batching import epoch_batches, micro_batches, repeated
+from domainvlm.train.config import FinetuneConfig
+from domainvlm.train.lora import (
+    apply_lora,
+    freeze_components,
+    may_leave_trainables_unused,
+    parameter_report,
+    train_mode,
+    untrained_modules,
+)
+from domainvlm.train.run_dir import check_output, claim_output, mark_finished
+from domainvlm.train.stops import check_finite, recorded_stops
 
 
 @dataclass
 class RunResult:
+    """What `finetune` made: the run folder, the adapter (or with method full, the model)
+    folder, and how the run went (losses are answer-token cross-entropies)."""
+
     output: Path
     adapter: Path
     steps: int
@@ -66,7 +66,17 @@ class RunResult:
 
 def finetune(cfg: FinetuneConfig, reporter: Reporter | None = None) -> RunResult:
     """Fine-tune `cfg.model` on `cfg.data`; writes `cfg.output / "adapter"` (PEFT format), or
-    with `method="full"` the whole model to `cfg.output / "model"`."""
+    with `method="full"` the whole model to `cfg.output / "model"`, beside checkpoints, logs
+    and run.json. Ctrl-C raises RunInterrupted; `resume=True` continues from a checkpoint.
+
+    Example::
+
+        from domainvlm import FinetuneConfig, finetune
+
+        result = finetune(FinetuneConfig(model="llava-hf/llava-1.5-7b-hf", data="train.jsonl",
+                                         output="runs/chest", epochs=3))
+        print(result.adapter, result.steps, result.final_loss)
+    """
     import torch
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs, set_seed
@@ -98,6 +108,7 @@ def finetune(cfg: FinetuneConfig, reporter: Reporter | None = None) -> RunResult
         train, repeats, rows = _samples(cfg.data, fmt, cfg, reporter, "train")
         evals = (_samples(cfg.eval_data, fmt, cfg, reporter, "eval", repeat=False)[0]
                  if cfg.eval_data else [])
+    views = training_views(cfg.data)  # how scans became the training images, if recorded
 
     # Inputs are valid: only now does the output folder become this run's.
     base = None  # what an adapter is checked against when it is loaded (not for `full`)
@@ -120,6 +131,7 @@ def finetune(cfg: FinetuneConfig, reporter: Reporter | None = None) -> RunResult
         memo = TowerMemo(part_of(model, "vision"), cfg.vision_cache_max_gb * 2**30)
 
     model.config.use_cache = False
+    model.config.get_text_config(decoder=True).use_cache = False  # the LM reads its own
     if cfg.method == "full":
         model.requires_grad_(True)
         freeze_components(model, cfg.frozen)
@@ -130,7 +142,7 @@ def finetune(cfg: FinetuneConfig, reporter: Reporter | None = None) -> RunResult
     frozen_parts = untrained_modules(model)
     ddp.find_unused_parameters = may_leave_trainables_unused(model)
     if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_activation_checkpointing(model)
     reporter.parameters(parameter_report(model))
 
     plan = repeated(repeats)  # an epoch: every sample, some more than once
@@ -177,7 +189,8 @@ def finetune(cfg: FinetuneConfig, reporter: Reporter | None = None) -> RunResult
                     record["eval_loss"] = evaluate_loss(model, evals, cfg.batch_size, pad_id,
                                                         family, accelerator)
                     train_mode(model, frozen_parts)
-                    _keep_best(state, record, accelerator, model, processor, cfg.output, base)
+                    _keep_best(state, record, accelerator, model, processor, cfg.output, base,
+                               views)
                 state.history.append(record)
                 _log(writer, record)
                 advance(1, loss=loss)
@@ -192,7 +205,7 @@ def finetune(cfg: FinetuneConfig, reporter: Reporter | None = None) -> RunResult
     # --- save --------------------------------------------------------------------------------
     adapter = cfg.output / ("model" if cfg.method == "full" else "adapter")
     if accelerator.is_main_process:
-        save_adapter(accelerator.unwrap_model(model), processor, adapter, base)
+        save_adapter(accelerator.unwrap_model(model), processor, adapter, base, views)
         summary = {"steps": state.step, "final_loss": last_loss,
                    "best_eval_loss": state.best_eval_loss, "best_step": state.best_step,
                    "seconds": round(elapsed, 3), "samples": seen,  # data rows, repeats counted
@@ -200,7 +213,7 @@ def finetune(cfg: FinetuneConfig, reporter: Reporter | None = None) -> RunResult
                    "world_size": world}
         if memo is not None:  # what the frozen tower really ran on, and what memory served
             summary["vision_tower_rows"] = {"computed": memo.computed, "served": memo.served}
-        write_json_atomic(cfg.output / "history.json", state.history)
+        write_json(cfg.output / "history.json", state.history)
         mark_finished(cfg.output, summary)
     accelerator.wait_for_everyone()
     accelerator.end_training()
@@ -285,9 +298,10 @@ def evaluate_loss(model, samples, batch_size, pad_id, family, accelerator) -> fl
     return total / max(count, 1)
 
 
-def save_adapter(model, processor, folder: Path, base: BaseIdentity | None = None) -> None:
-    """PEFT-format adapter + processor files (+ the identity of its base), published
-    atomically."""
+def save_adapter(model, processor, folder: Path, base: BaseIdentity | None = None,
+                 views: dict[str, Any] | None = None) -> None:
+    """PEFT-format adapter + processor files (+ the identity of its base, and the view its
+    training images were rendered with: `domainvlm.data.views`), published atomically."""
     import shutil
 
     temp = ckpt.temp_dir_for(folder)
@@ -297,6 +311,8 @@ def save_adapter(model, processor, folder: Path, base: BaseIdentity | None = Non
         processor.save_pretrained(temp)
         if base is not None:
             write_record(temp, base)
+        if views is not None:
+            write_views(temp, views)
         ckpt.publish(temp, folder)
     except BaseException:  # a full disk, say: no half adapter left behind
         shutil.rmtree(temp, ignore_errors=True)
@@ -336,11 +352,13 @@ def _load_weights(model, folder: Path) -> None:
         model.load_state_dict(load_file(str(folder / "model.safetensors")), strict=False)
 
 
-def _keep_best(state, record, accelerator, model, processor, output: Path, base) -> None:
+def _keep_best(state, record, accelerator, model, processor, output: Path, base,
+               views) -> None:
     if state.best_eval_loss is None or record["eval_loss"] < state.best_eval_loss:
         state.best_eval_loss, state.best_step = record["eval_loss"], record["step"]
         if accelerator.is_main_process:
-            save_adapter(accelerator.unwrap_model(model), processor, output / "best", base)
+            save_adapter(accelerator.unwrap_model(model), processor, output / "best", base,
+                         views)
 
 
 def _samples(data, fmt, cfg, reporter, name, repeat=True):
@@ -368,7 +386,7 @@ def _samples(data, fmt, cfg, reporter, name, repeat=True):
 
 
 def _to_device(batch: dict[str, Any], device, family) -> dict[str, Any]:
-    from domainvlm.train.vision_cache import FEATURE_KEY
+    from domainvlm.models.vision_cache import FEATURE_KEY
 
     batch = {k: v.to(device) for k, v in batch.items()}
     return encoder_outputs(batch, family) if FEATURE_KEY in batch else batch

@@ -1,7 +1,7 @@
 """Where LoRA goes: linear layers of the chosen components, never Conv layers or the LM head.
 
-Components are found by the attribute names transformers VLMs use, so a new model whose parts
-carry the usual names needs no registry entry.
+Components are found by the attribute names transformers VLMs use (`domainvlm.models.parts`),
+so a new model whose parts carry the usual names needs no registry entry.
 """
 
 from __future__ import annotations
@@ -10,39 +10,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from domainvlm.compat import peft_wrapping
 from domainvlm.errors import ConfigError
-
-# Attribute names under which VLMs keep each part; the projector is checked first because
-# Qwen-VL keeps its merger inside the vision tower.
-COMPONENT_NAMES: dict[str, tuple[str, ...]] = {
-    "projector": ("multi_modal_projector", "connector", "merger", "mm_projector"),
-    "vision": ("vision_tower", "visual", "vision_model", "vision_encoder"),
-    "language": ("language_model", "text_model"),
-}
-
-
-def component_of(module_name: str) -> str | None:
-    """Which component a module belongs to, by the first known part name in its path."""
-    parts = module_name.split(".")
-    for component, names in COMPONENT_NAMES.items():
-        if any(name in parts for name in names):
-            return component
-    return None
-
-
-def part_of(model: Any, component: str) -> Any:
-    """The first module named like `component` (the decoder that receives the merged text and
-    image embeddings, the vision tower, ...)."""
-    return model.get_submodule(part_name(model, component))
-
-
-def part_name(model: Any, component: str) -> str:
-    """The module path of `part_of(model, component)`."""
-    for name, _ in model.named_modules():
-        if name.split(".")[-1] in COMPONENT_NAMES[component]:
-            return name
-    raise ValueError(f"{type(model).__name__} has no {component} part named "
-                     f"{' / '.join(COMPONENT_NAMES[component])}")
+from domainvlm.models.parts import COMPONENT_NAMES, component_of, part_name
 
 
 def linear_modules(model: Any) -> dict[str, str]:
@@ -135,7 +105,8 @@ def apply_lora(model: Any, *, method: str, r: int, alpha: int, dropout: float,
         bias="none",
         modules_to_save=[part_name(model, part) for part in fully] or None,
     )
-    return get_peft_model(model, config)
+    with peft_wrapping():
+        return get_peft_model(model, config)
 
 
 def freeze_components(model: Any, components: list[str]) -> None:

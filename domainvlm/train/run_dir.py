@@ -3,27 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from domainvlm.atomic import write_json
 from domainvlm.errors import OutputExistsError
 from domainvlm.outputs import refuse_inputs_inside
 
 RUN_FILE = "run.json"
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2)
-        os.replace(tmp, path)
-    except BaseException:  # a full disk, say: no temp file left behind
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def read_run(output: Path) -> dict[str, Any] | None:
@@ -81,7 +69,7 @@ def claim_output(output: Path, settings: dict[str, Any], *, overwrite: bool) -> 
     output.mkdir(parents=True, exist_ok=True)
     # A resumed run keeps its record but is running again: why it stopped last time is past.
     run = read_run(output) or {"config": settings}
-    write_json_atomic(output / RUN_FILE, {"config": run["config"], "status": "running"})
+    write_json(output / RUN_FILE, {"config": run["config"], "status": "running"})
 
 
 def mark_finished(output: Path, summary: dict[str, Any]) -> None:
@@ -91,5 +79,4 @@ def mark_finished(output: Path, summary: dict[str, Any]) -> None:
 def mark_stopped(output: Path, status: str, details: dict[str, Any]) -> None:
     """Record how the run ended: finished, failed (with the error) or interrupted."""
     run = read_run(output) or {}
-    write_json_atomic(output / RUN_FILE, {"config": run.get("config"), "status": status,
-                                          **details})
+    write_json(output / RUN_FILE, {"config": run.get("config"), "status": status, **details})

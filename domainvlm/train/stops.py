@@ -12,9 +12,10 @@ import math
 from collections.abc import Iterator
 from pathlib import Path
 
+from domainvlm.atomic import write_json
 from domainvlm.errors import RunInterrupted, TrainingDivergedError
 from domainvlm.train.checkpoint import TrainState, latest_checkpoint
-from domainvlm.train.run_dir import mark_stopped, write_json_atomic
+from domainvlm.train.run_dir import mark_stopped
 
 
 def check_finite(step: int, total: int, loss: float, grad_norm: float | None, *,
@@ -43,13 +44,13 @@ def recorded_stops(output: Path, state: TrainState, total: int,
         yield
     except TrainingDivergedError as exc:
         if is_main:
-            write_json_atomic(output / "history.json", state.history)
+            write_json(output / "history.json", state.history)
             mark_stopped(output, "failed", {"error": str(exc), "failed_step": state.step + 1})
         raise
     except KeyboardInterrupt:
         last = latest_checkpoint(output / "checkpoints")
         if is_main:
-            write_json_atomic(output / "history.json", state.history)
+            write_json(output / "history.json", state.history)
             mark_stopped(output, "interrupted", {
                 "interrupted_after_step": state.step,
                 "last_checkpoint": None if last is None else str(last)})

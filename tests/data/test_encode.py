@@ -13,7 +13,7 @@ from domainvlm.data.prompting import PromptFormat, user_message
 from domainvlm.data.records import Record
 from domainvlm.errors import DataError
 from domainvlm.families import family_for
-from domainvlm.synth import Shape, draw_scene
+from domainvlm.nano.shapes_world import Shape, draw_scene
 
 
 def prompt_format(folder) -> PromptFormat:

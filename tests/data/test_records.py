@@ -14,7 +14,7 @@ from domainvlm.data.images import open_image
 from domainvlm.data.prompting import PromptFormat
 from domainvlm.data.records import Record, load_records
 from domainvlm.errors import DataError
-from domainvlm.synth import Shape, draw_scene
+from domainvlm.nano.shapes_world import Shape, draw_scene
 
 
 def scene(colour="red", side="left", size=32):

@@ -95,9 +95,9 @@ def test_probe_of_an_adapter_and_its_base_from_one_tower_pass(tiny_models, colou
 
     from domainvlm.data.records import load_records
     from domainvlm.evaluation.probe import image_features
+    from domainvlm.models.vision_cache import TowerMemo
     from domainvlm.train.config import build_config
     from domainvlm.train.loop import finetune
-    from domainvlm.train.vision_cache import TowerMemo
 
     base = str(tiny_models("llava"))
     adapter = str(finetune(build_config(dict(

@@ -17,9 +17,9 @@ from domainvlm.errors import DataError, ModelLoadError
 from domainvlm.evaluation.generate import generate_answers
 from domainvlm.evaluation.metrics import abstention_rate, vqa_accuracy
 from domainvlm.evaluation.run import evaluate, score
+from domainvlm.models.parts import part_of
 from domainvlm.train.config import build_config
 from domainvlm.train.loop import finetune
-from domainvlm.train.lora import part_of
 
 TEXT_KEYS = {"bleu4", "rouge_l", "meteor", "cider"}
 VQA_KEYS = {"accuracy", "n", "closed_accuracy", "closed_n", "open_accuracy", "open_n"}

@@ -12,11 +12,12 @@ import pytest
 from PIL import Image
 from transformers import AutoImageProcessor
 
-from domainvlm.medical.demo import NANO_INPUT_PX, REPEATS, SPLIT, DemoConfig
+from domainvlm.medical.demo_recipe import load_recipe
 
 
 @pytest.mark.slow
 def test_shrunken_demo_end_to_end(tmp_path):
+    recipe = load_recipe()  # the shipped one, which the command reads
     out = tmp_path / "demo"
     result = subprocess.run(  # the default base model: the shipped nano
         [sys.executable, "-m", "domainvlm.cli", "demo", "--output", str(out),
@@ -32,6 +33,7 @@ def test_shrunken_demo_end_to_end(tmp_path):
     assert f"{100 * adapted['vqa']['closed_accuracy']:.1f}%" in report
     assert "false premise answered as absent" in report
     assert "held-out patients: base vs adapted" in result.stdout
+    assert result.stdout.splitlines()[-1] == f"wrote {out}"
     for name in ("base", "adapted"):  # every presence question on a test scan is probed
         probe = json.loads((out / f"probe-{name}.json").read_text())["by_category"]
         assert probe["presence"]["n"] == base["by_category"]["presence"]["n"]
@@ -44,20 +46,21 @@ def test_shrunken_demo_end_to_end(tmp_path):
     assert test and not train & test
     # Recipe choices are made on validation; seed 0 chose the recipe, and the report says so.
     build = json.loads((out / "vqa" / "build.json").read_text())
-    assert build["fractions"] == SPLIT and SPLIT["val"] >= 0.1
+    assert build["fractions"] == recipe.split.model_dump() and recipe.split.val >= 0.1
     assert "Seed 0 is one of them: its test figures informed the recipe" in report
     # The repeated question reaches training: one epoch trains that many more rows, packed
     # with the other questions about their scan (one sequence per scan, batches of scans).
     rows = [json.loads(x) for x in (out / "vqa" / "train.jsonl").read_text().splitlines()]
-    assert {row.get("repeat") for row in rows if row["question"] in REPEATS} == {4}
-    assert not any("repeat" in row for row in rows if row["question"] not in REPEATS)
+    assert {row.get("repeat") for row in rows if row["question_id"] in recipe.repeats} == {4}
+    assert not any("repeat" in row for row in rows if row["question_id"] not in recipe.repeats)
     samples = sum(row.get("repeat", 1) for row in rows)
     scans = len({tuple(row["image"]) for row in rows})
     summary = json.loads((out / "finetune" / "run.json").read_text())["summary"]
-    assert summary["steps"] == 6 * math.ceil(scans / DemoConfig.batch_size)
+    assert summary["steps"] == 6 * math.ceil(scans / recipe.finetune.batch_size)
     assert summary["samples"] == 6 * samples > 6 * len(rows)
-    # The nano is fed NANO_INPUT_PX views, rendered at that size: never resampled again.
+    # The nano is fed the recipe's nano_input_px views, rendered at that size: never
+    # resampled again.
     crop = AutoImageProcessor.from_pretrained(out / "base-model").crop_size["height"]
     image = json.loads((out / "vqa" / "test.jsonl").read_text().splitlines()[0])["image"][0]
-    assert crop == NANO_INPUT_PX and Image.open(out / "vqa" / image).size == (crop, crop)
+    assert crop == recipe.nano_input_px and Image.open(out / "vqa" / image).size == (crop, crop)
     assert f"`{out / 'base-model'}`" in report

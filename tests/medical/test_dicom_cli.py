@@ -240,3 +240,114 @@ def test_info_reads_pydicoms_whole_test_folder():
     assert result.returncode == 1, result.stderr[-2000:]
     assert "Traceback" not in result.stderr and "DICOM objects in" in result.stdout
     assert "badVR.dcm: malformed image attributes" in result.stderr
+
+
+QUIET_VARIABLES = ("TRANSFORMERS_VERBOSITY", "HF_HUB_DISABLE_PROGRESS_BARS", "PYTHONWARNINGS",
+                   "DOMAINVLM_QUIET")  # an earlier in-process CLI run may have set them here
+
+
+def plain_env(**extra: str) -> dict[str, str]:
+    return {**{k: v for k, v in os.environ.items() if k not in QUIET_VARIABLES}, **extra}
+
+
+# (pydicom test file, exit code, what its decoder (or pydicom) prints on stderr)
+NOISY_FILES = [
+    ("JPEG-lossy.dcm", 0, "Unsupported JPEG data precision 12"),  # libjpeg in GDCM, then ok
+    ("JPEG2000-embedded-sequence-delimiter.dcm", 2, "Invalid number of tiles"),  # OpenJPEG
+    ("SC_rgb_jpeg.dcm", 0, "UserWarning: Expected explicit VR"),  # pydicom, as it reads
+]
+
+
+@pytest.mark.parametrize(("name", "code", "noise"), NOISY_FILES)
+def test_decoder_noise_is_hidden_unless_verbose(name, code, noise, tmp_path):
+    """What the C decoders print about a file, and pydicom's notes on what it repaired, stay
+    off the user's terminal; a file that cannot be decoded still ends in our one error line;
+    `--verbose` shows them all."""
+    from pydicom.data import get_testdata_file
+
+    def render(*flags: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "domainvlm.cli", *flags, "dicom", "render",
+             get_testdata_file(name), str(tmp_path / f"{len(flags)}.png")],
+            capture_output=True, text=True, timeout=300, env=plain_env())
+
+    quiet, loud = render(), render("--verbose")
+    assert quiet.returncode == loud.returncode == code, quiet.stderr + loud.stderr
+    assert noise in loud.stderr  # there is noise to hide
+    if code == 0:
+        assert quiet.stderr == "" and (tmp_path / "0.png").stat().st_size > 0
+    else:
+        [line] = quiet.stderr.splitlines()
+        assert line.startswith("error: ") and "cannot be decoded" in line
+
+
+def test_worker_processes_are_as_quiet_as_their_parent():
+    """Series decoded in worker processes (the demo's cohort and views): neither the decoders'
+    fd 2 messages nor pydicom's notes on what it repaired, unless the parent is verbose."""
+    script = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from pydicom.data import get_testdata_file\n"
+        "from domainvlm.medical.io import read_dataset, read_frames\n"
+        "from domainvlm.parallel import map_in_order\n"
+        "from domainvlm.quiet import quiet_libraries\n"
+        "if sys.argv[1] == 'quiet':\n"
+        "    quiet_libraries()\n"
+        "names = ('JPEG-lossy.dcm', 'SC_rgb_jpeg.dcm')  # noisy to decode; to read\n"
+        "read = map_in_order(read_dataset, [(Path(get_testdata_file(n)), n) for n in names], 2)\n"
+        "calls = [(ds, name) for ds, name in zip(read, names)]\n"
+        "print([frames.shape for frames in map_in_order(read_frames, calls, workers=2)])\n")
+
+    def run(mode: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", script, mode], capture_output=True,
+                              text=True, timeout=300, env=plain_env())
+
+    quiet, loud = run("quiet"), run("verbose")
+    assert quiet.returncode == loud.returncode == 0, quiet.stderr + loud.stderr
+    assert quiet.stdout == loud.stdout == "[(1, 1024, 256), (1, 256, 256, 3)]\n"
+    assert "Unsupported JPEG" in loud.stderr and "found implicit VR" in loud.stderr
+    assert quiet.stderr == ""
+
+
+def test_info_names_each_series_in_80_columns(tmp_path):
+    """Each series by the end of its UID, its description and its folder; no line over 80
+    columns; no name, id or date of the patient, also when a description holds one."""
+    import shutil
+
+    import numpy as np
+    import pydicom
+    from pydicom.data import get_testdata_file
+    from pydicom.uid import generate_uid
+
+    from domainvlm.medical.ct_writer import SeriesSpec, write_ct_series
+
+    phi = {"PatientName": "Smith^Johanna", "PatientID": "MRN-48213", "PatientBirthDate":
+           "19610214", "StudyDate": "20240315", "AccessionNumber": "ACC99812"}
+    folder, study = tmp_path / "scans", generate_uid()
+    expected = {}  # where -> (series UID, what stands for its description)
+    for place, text, shown in [
+            ("chest-ct", "CHEST CT 1.25 mm soft tissue", '"CHEST CT 1.25 mm soft tissue"'),
+            ("follow-up", "Smith follow-up", "(description withheld: patient data)"),
+            ("dated", "CT 2024-03-15", "(description withheld: patient data)")]:
+        uid = generate_uid()
+        write_ct_series(np.zeros((3, 16, 16)), folder / "patient" / place,
+                        SeriesSpec(study, uid, description=text, attributes=phi))
+        expected[f"patient/{place}/"] = (uid, shown)
+    shutil.copy(get_testdata_file("CT_small.dcm"), folder / "CT_small.dcm")
+    small = pydicom.dcmread(folder / "CT_small.dcm", stop_before_pixels=True)
+    expected["CT_small.dcm"] = (str(small.SeriesInstanceUID), "(no description)")
+
+    result = subprocess.run([sys.executable, "-m", "domainvlm.cli", "dicom", "info", folder],
+                            capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "COLUMNS": "80"})
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "10 DICOM objects in 4 series"
+    assert max(map(len, lines)) <= 80, result.stdout
+    for place, (uid, shown) in expected.items():
+        [named] = [line for line in lines if line.endswith(f"  {place}")]
+        assert f"…{uid[-8:]}  {shown}  " in named, named
+    assert "CT, 3 images, 16 x 16 px of 1 x 1 mm" in result.stdout
+    patient = [*phi.values(), "Johanna", "Smith", "1961", str(small.PatientName),
+               str(small.PatientID)]
+    assert not [value for value in patient if value in result.stdout + result.stderr]

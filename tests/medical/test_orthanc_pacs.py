@@ -260,3 +260,15 @@ def test_missing_orthanc_says_how_to_install(tmp_path):
     with pytest.raises(PacsError, match="apt-get install orthanc orthanc-dicomweb"):
         server.start()
     assert not server.is_running
+
+
+def test_a_relative_working_folder_works(written, tmp_path, monkeypatch):
+    """The README's `LocalOrthanc("runs/pacs")`: Orthanc runs inside its folder, so a relative
+    folder must not reach it (or its config) as given."""
+    monkeypatch.chdir(tmp_path)
+    slice_path = written[SERIES[0]][1][0]
+    with LocalOrthanc("runs/pacs") as pacs:
+        assert PacsClient(pacs.dicomweb_url).store([slice_path]) == sop_uids([slice_path])
+    folder = tmp_path / "runs" / "pacs"
+    assert (folder / "orthanc.json").is_file() and any((folder / "storage").iterdir())
+    assert not (folder / "runs").exists()

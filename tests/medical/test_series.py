@@ -294,6 +294,19 @@ def test_allow_gaps_keeps_the_slices_it_has(tmp_path: Path) -> None:
                                "2.5 mm): 2 slices missing?",)
 
 
+def test_allow_tilt_keeps_each_slice_where_it_was_acquired(tmp_path: Path) -> None:
+    hu = volume_hu((12, 16, 16))
+    build_tilt(tmp_path / "s", hu)  # slice k at (0, 0.6 k, 2.5 k): 0.24 mm posterior per mm
+    volume = load_volume(tmp_path / "s", allow_tilt=True)
+    assert np.array_equal(volume.values, hu)
+    assert volume.shear == pytest.approx((0.0, 0.24, 0.0), abs=1e-6)
+    for k in (0, 5, 11):  # the affine puts every slice's first voxel at its written position
+        assert (volume.affine @ [k, 0, 0, 1.0])[:3] == pytest.approx([0.0, 0.6 * k, 2.5 * k],
+                                                                     abs=1e-4)
+    write_ct_series(hu, tmp_path / "straight", spec())
+    assert load_volume(tmp_path / "straight").shear == (0.0, 0.0, 0.0)
+
+
 def test_small_position_jitter_is_tolerated(tmp_path: Path) -> None:
     hu = volume_hu((8, 16, 16))
     paths = write_ct_series(hu, tmp_path / "s", spec())

@@ -5,7 +5,7 @@ small blob brighter or darker than the tissue around it, sometimes a pixel or tw
 faint. This world has that structure and nothing of anatomy: a field of random ellipses with
 smooth texture and noise, 0-3 discs of 1-6 px radius (faint or strong, brighter or darker, with
 a partial-volume edge), shown as RGB through three random windows. Each scene carries a pixel
-mask of its spots, for dense pretraining of a vision tower (`domainvlm.tower_pretext`), and
+mask of its spots, for dense pretraining of a vision tower (`domainvlm.nano.tower_pretext`), and
 questions (is there a spot, which side, how many, how large; "There is none." when the premise
 is false) for the nano model's language stage. Deterministic by seed.
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from domainvlm.synth import ABSENT, COUNT_WORDS
+from domainvlm.nano.shapes_world import ABSENT, COUNT_WORDS
 
 SPOT_COUNTS = (0, 0, 1, 1, 2, 3)  # drawn uniformly: a third of scenes have no spot
 SPOT_RADIUS_PX = (1.0, 6.0)  # at the 192 px scale; scaled with the image size

@@ -15,7 +15,7 @@ from typing import Any
 
 from domainvlm.data.collate import collate
 from domainvlm.families import Family
-from domainvlm.train.lora import part_of
+from domainvlm.models.parts import part_of
 
 # Inputs only the vision tower reads; dropped once features are cached.
 VISION_ONLY_KEYS = ("pixel_values", "pixel_attention_mask", "image_sizes")

@@ -3,7 +3,7 @@
 A VLM's language stage only tells the tower, through a few answer tokens, whether an image
 holds something; that signal is too weak to grow detectors of 1-2 px spots. Here every cell of
 the tower's last feature map learns, through a 1x1 convolution head, whether it holds a spot of
-the generic findings world (`domainvlm.findings_world`), and where in the image it is: a
+the generic findings world (`domainvlm.nano.findings_world`), and where in the image it is: a
 convolutional tower has no position embedding, and the language model sees one token per cell,
 so which side a finding lies on must be in the features. (Measured in README, "What the demo
 measures today": presence transfers to CT; side is not read yet, with or without this target.)
@@ -38,7 +38,7 @@ def pretrain_tower(tower: Any, image_processor: Any, *, steps: int, batch_size: 
     import numpy as np
     import torch
 
-    from domainvlm.findings_world import findings_scene
+    from domainvlm.nano.findings_world import findings_scene
 
     reporter = reporter or Reporter()
     rng = np.random.default_rng([seed, 2])

@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
+from domainvlm.nano.tower_pretext import _cell_centres, pretrain_tower
 from domainvlm.progress import Reporter
-from domainvlm.tower_pretext import _cell_centres, pretrain_tower
 
 
 def mean(values: list[float]) -> float:

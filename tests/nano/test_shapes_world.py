@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from domainvlm.synth import (
+from domainvlm.nano.shapes_world import (
     ABSENT,
     COLOURS,
     SHAPES,

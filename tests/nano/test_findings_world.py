@@ -7,12 +7,12 @@ import json
 
 import numpy as np
 
-from domainvlm.findings_world import (
+from domainvlm.nano.findings_world import (
     findings_questions,
     findings_scene,
     write_findings_dataset,
 )
-from domainvlm.synth import ABSENT
+from domainvlm.nano.shapes_world import ABSENT
 
 
 def scenes(n: int, size: int = 96, seed: int = 0):

@@ -14,9 +14,8 @@ from domainvlm.data.encode import encode_record, image_token_id
 from domainvlm.data.prompting import PromptFormat
 from domainvlm.data.records import Record
 from domainvlm.families import FAMILIES, family_for
-from domainvlm.synth import Shape, draw_scene
-from domainvlm.train.lora import apply_lora, part_of, train_mode, untrained_modules
-from domainvlm.train.vision_cache import (
+from domainvlm.models.parts import part_of
+from domainvlm.models.vision_cache import (
     FEATURE_KEY,
     VISION_ONLY_KEYS,
     TowerMemo,
@@ -24,6 +23,8 @@ from domainvlm.train.vision_cache import (
     encoder_outputs,
     feature_bytes,
 )
+from domainvlm.nano.shapes_world import Shape, draw_scene
+from domainvlm.train.lora import apply_lora, train_mode, untrained_modules
 
 CACHED_FAMILIES = [f.name for f in FAMILIES if f.image_features_as]
 MULTI_IMAGE = [f.name for f in FAMILIES if f.image_features_as and f.multi_image]

@@ -1,16 +1,16 @@
 """The nano base model: a small FastVLM that this project pretrains itself, so the main job
 runs with no hub and no GPU.
 
-The recipe is code (`NanoRecipe`): a `small` FastVLM from `domainvlm.tiny` (timm FastViT
-convolutional tower + Llama language model, 7.7 M parameters, random init) whose tower first
-learns to find spots in a generic findings world (`domainvlm.tower_pretext`), then whose
-projector and language model our own engine fine-tunes on the generic synthetic worlds
-(`domainvlm.synth` shapes and `domainvlm.findings_world` spots: existence, colour, shape, size,
-count, side, captions, "There is none." for false premises). The default recipe's result ships
-in the package (`domainvlm/assets/nano`, float16 on disk); any other recipe, or `domainvlm nano
-pretrain --force`, is built and cached under `$DOMAINVLM_CACHE/nano/<recipe hash>` (the tower
-stage apart, under its own key, as it is the long one). Either loads with plain
-`AutoModelForImageTextToText.from_pretrained`. Users pass `--model <hub id>` instead.
+The recipe is code (`NanoRecipe`): a random `small` FastVLM (`domainvlm.models.random_init`:
+timm FastViT convolutional tower + Llama language model, 7.7 M parameters) whose tower first
+learns to find spots in a generic findings world (`tower_pretext`), then whose projector and
+language model our own engine fine-tunes on the generic synthetic worlds (`shapes_world` and
+`findings_world`: existence, colour, shape, size, count, side, captions, "There is none." for
+false premises). The default recipe's result ships in the package (`domainvlm/assets/nano`,
+float16 on disk); any other recipe, or `domainvlm nano pretrain --force`, is built and cached
+under `$DOMAINVLM_CACHE/nano/<recipe hash>` (the tower stage apart, under its own key, as it
+is the long one). Either loads with plain `AutoModelForImageTextToText.from_pretrained`. Users
+pass `--model <hub id>` instead.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from domainvlm.atomic import new_folder
+from domainvlm.atomic import new_folder, publish, temp_dir_for
 from domainvlm.progress import Reporter
 
 
@@ -37,9 +37,9 @@ class NanoRecipe:
     tower_batch_size: int = 32
     tower_learning_rate: float = 1e-3
     tower_position_weight: float = 1.0  # weight of the "where is this cell" target; 0: none
-    world: str = "plain"  # see domainvlm.synth.WORLDS
+    world: str = "plain"  # see shapes_world.WORLDS
     scenes: int = 600
-    findings_scenes: int = 2000  # domainvlm.findings_world scenes beside the shapes
+    findings_scenes: int = 2000  # findings_world scenes beside the shapes
     epochs: float = 1.0
     learning_rate: float = 1e-3
     batch_size: int = 16
@@ -72,7 +72,7 @@ def nano_path(recipe: NanoRecipe = DEFAULT_RECIPE) -> Path:
     return nano_cache_root() / f"{recipe.family}-{recipe.key()}"
 
 
-SHIPPED = Path(__file__).parent / "assets" / "nano"
+SHIPPED = Path(__file__).parents[1] / "assets" / "nano"
 
 
 def shipped_nano(recipe: NanoRecipe = DEFAULT_RECIPE) -> Path | None:
@@ -94,8 +94,6 @@ def ensure_nano(recipe: NanoRecipe = DEFAULT_RECIPE, reporter: Reporter | None =
 def rebuild_nano(recipe: NanoRecipe = DEFAULT_RECIPE, reporter: Reporter | None = None) -> Path:
     """Pretrain `recipe` from scratch, both stages, into the cache, whatever is cached or
     shipped; the cached model is replaced only once the new one is complete."""
-    from domainvlm.train.checkpoint import publish, temp_dir_for
-
     shutil.rmtree(tower_path(recipe), ignore_errors=True)  # the tower stage is cached apart
     path = nano_path(recipe)
     temp = temp_dir_for(path)
@@ -144,9 +142,9 @@ def pretrain_nano(output: Path, recipe: NanoRecipe = DEFAULT_RECIPE,
                   reporter: Reporter | None = None) -> Path:
     """Build, pretrain and publish the nano model at `output` (absent or empty) atomically.
 
-    Two stages: the vision tower learns to find spots (`domainvlm.tower_pretext`, cached on
-    its own), then, with that tower frozen, the projector and language model learn to answer
-    questions about shapes and spots with our fine-tuning engine.
+    Two stages: the vision tower learns to find spots (`tower_pretext`, cached on its own),
+    then, with that tower frozen, the projector and language model learn to answer questions
+    about shapes and spots with our fine-tuning engine.
     """
     import tempfile
 
@@ -173,11 +171,12 @@ def pretrain_nano(output: Path, recipe: NanoRecipe = DEFAULT_RECIPE,
 
 def _tower_stage(recipe: NanoRecipe, work: Path, reporter: Reporter) -> Path:
     """The recipe's random model, its vision tower pretrained on spots (cached by tower key)."""
-    from domainvlm.tiny import build_tiny_model
+    from domainvlm.models.random_init import write_random_model
 
     def build(folder: Path) -> Path:
-        return build_tiny_model(recipe.family, folder, seed=recipe.seed,
-                                image_size=recipe.image_size, size=recipe.size)
+        write_random_model(recipe.family, folder, seed=recipe.seed,
+                           image_size=recipe.image_size, size=recipe.size)
+        return folder
 
     if not recipe.tower_steps:
         return build(work / "random")
@@ -186,7 +185,7 @@ def _tower_stage(recipe: NanoRecipe, work: Path, reporter: Reporter) -> Path:
         return path
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from domainvlm.tower_pretext import pretrain_tower
+    from domainvlm.nano.tower_pretext import pretrain_tower
 
     random_init = build(work / "random")
     model = AutoModelForImageTextToText.from_pretrained(random_init)
@@ -244,8 +243,8 @@ def tower_path(recipe: NanoRecipe = DEFAULT_RECIPE) -> Path:
 
 def _language_data(folder: Path, recipe: NanoRecipe) -> Path:
     """Shapes and spots questions in one training file (image paths relative to it)."""
-    from domainvlm.findings_world import write_findings_dataset
-    from domainvlm.synth import write_shapes_dataset
+    from domainvlm.nano.findings_world import write_findings_dataset
+    from domainvlm.nano.shapes_world import write_shapes_dataset
 
     shapes = write_shapes_dataset(folder / "shapes", recipe.scenes, seed=recipe.seed,
                                   image_size=recipe.image_size, eval_fraction=0.0,
@@ -296,13 +295,13 @@ tags: [domainvlm, nano, synthetic]
 vision tower, a Llama language model, a byte-level BPE tokenizer of 1,500 tokens; weights stored
 as float16, loaded as float32) initialised at random and pretrained by domainvlm in two stages.
 First the vision tower learns, for {recipe.tower_steps} steps of {recipe.tower_batch_size} new
-scenes, which 32 px cells of a generic "findings" world hold a spot (`domainvlm.findings_world`:
-discs of 1-6 px radius, faint or strong, in a field of regions and texture seen through three random
-windows; no anatomy) and where each cell lies (the tower has no position embedding). Then,
-with the tower frozen, the projector and language model are fully fine-tuned for
-{recipe.epochs:g} epoch(s) on {recipe.scenes} scenes of coloured shapes (`domainvlm.synth`,
-{recipe.world} world) and {recipe.findings_scenes} spot scenes, seed {recipe.seed},
-{recipe.image_size} px: questions on existence, colour, shape, size, count and
+scenes, which 32 px cells of a generic "findings" world hold a spot
+(`domainvlm.nano.findings_world`: discs of 1-6 px radius, faint or strong, in a field of regions
+and texture seen through three random windows; no anatomy) and where each cell lies (the tower
+has no position embedding). Then, with the tower frozen, the projector and language model are
+fully fine-tuned for {recipe.epochs:g} epoch(s) on {recipe.scenes} scenes of coloured shapes
+(`domainvlm.nano.shapes_world`, {recipe.world} world) and {recipe.findings_scenes} spot scenes,
+seed {recipe.seed}, {recipe.image_size} px: questions on existence, colour, shape, size, count and
 side, captions, and "There is none." for questions about things that are absent. Final
 training loss {loss if loss is None else round(loss, 3)}, {seconds:.0f} s for the language stage
 on the machine that built it. Recipe: `recipe.json`; rebuild with `domainvlm nano pretrain`.

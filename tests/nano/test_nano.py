@@ -13,8 +13,8 @@ from conftest import TINY_NANO_RECIPE as RECIPE
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from domainvlm.errors import OutputExistsError
+from domainvlm.models.random_init import write_random_model
 from domainvlm.nano import NanoRecipe, ensure_nano, nano_path, pretrain_nano, tower_path
-from domainvlm.tiny import build_tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -35,9 +35,9 @@ def test_pretrained_nano_loads_with_plain_transformers_and_says_what_it_is(nano)
 
 
 def test_every_weight_was_trained(nano, tmp_path):
-    random_init = AutoModelForImageTextToText.from_pretrained(
-        build_tiny_model(RECIPE.family, tmp_path / "random", seed=RECIPE.seed,
-                         image_size=RECIPE.image_size, size=RECIPE.size))
+    write_random_model(RECIPE.family, tmp_path / "random", seed=RECIPE.seed,
+                       image_size=RECIPE.image_size, size=RECIPE.size)
+    random_init = AutoModelForImageTextToText.from_pretrained(tmp_path / "random")
     trained = AutoModelForImageTextToText.from_pretrained(nano)
     before = dict(random_init.named_parameters())
     # The shipped weights are float16 on disk: compare with the random init rounded the same way.
@@ -147,11 +147,11 @@ def test_pretrain_force_rebuilds_even_when_a_model_of_the_recipe_is_at_hand(
 
     from typer.testing import CliRunner
 
-    import domainvlm.nano
+    import domainvlm.nano.model
     from domainvlm.cli import app
 
     shipped = shutil.copytree(nano, tmp_path / "shipped")
-    monkeypatch.setattr(domainvlm.nano, "SHIPPED", shipped)
+    monkeypatch.setattr(domainvlm.nano.model, "SHIPPED", shipped)
     monkeypatch.setenv("DOMAINVLM_CACHE", str(tmp_path / "cache"))
     recipe = tmp_path / "recipe.json"
     recipe.write_text(json.dumps(asdict(RECIPE)))

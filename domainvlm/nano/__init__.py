@@ -1,0 +1,26 @@
+"""The nano base model and the synthetic worlds it learns from.
+
+`model`: the recipe, its two-stage pretraining, the shipped result and the cache;
+`tower_pretext`: the vision tower's spot-finding pretext task; `shapes_world` and
+`findings_world`: generic synthetic scenes with questions and answers. Nothing else in the
+core imports a world except the command line (`domainvlm synth-data`); the demos do.
+"""
+
+from domainvlm.nano.model import (
+    DEFAULT_RECIPE,
+    SHIPPED,
+    NanoRecipe,
+    ensure_nano,
+    load_recipe,
+    nano_cache_root,
+    nano_path,
+    pretrain_nano,
+    rebuild_nano,
+    shipped_nano,
+    tower_path,
+    with_input_size,
+)
+
+__all__ = ["DEFAULT_RECIPE", "SHIPPED", "NanoRecipe", "ensure_nano", "load_recipe",
+           "nano_cache_root", "nano_path", "pretrain_nano", "rebuild_nano", "shipped_nano",
+           "tower_path", "with_input_size"]
