@@ -2,15 +2,23 @@
 """Training throughput, peak memory and answer loss: domainvlm against TRL's SFTTrainer.
 
 Both frameworks LoRA-fine-tune the same tiny random LLaVA (CLIP vision + Llama LM, ~4.8 M
-parameters, 64x64 images in 8 px patches = 64 image tokens, ~80-token sequences) on the same
-coloured-shapes VQA set, for the same steps, batch size, learning-rate schedule and seed, with
-LoRA r=8, alpha=16, dropout 0 on the same language-model Linear layers. Each framework trains
-in its own subprocess so its peak RSS is its own; a fourth subprocess then scores both final
-adapters on the same held-out samples with domainvlm's answer-only labels. One JSON object goes
-to stdout; see benchmarks/README.md for what each figure means.
+parameters, 64x64 images in 8 px patches = 64 image tokens, ~90-token sequences) on the same
+coloured-shapes VQA set (7 to 10 questions per image), for the same epoch, learning-rate
+schedule and seed, with LoRA r=8, alpha=16, dropout 0 on the same language-model Linear layers,
+in three side-by-side comparisons, each its own ratio:
 
-    .venv/bin/python benchmarks/train_throughput.py          # 40 steps of 16, twice each: ~2.5 min
-    .venv/bin/python benchmarks/train_throughput.py --quick  # smoke test: about a minute
+- single_row: one row per question, float32 (the top-level figures);
+- packed_questions: domainvlm with --pack-questions (all questions about an image in one
+  sequence, its image tokens once) against TRL one row per question (TRL cannot pack images),
+  both training the same questions and the same answer tokens (checked);
+- bf16: single_row with bf16 autocast on both sides (the JSON says if the CPU has native bf16).
+
+Each training run is its own subprocess (train_throughput_workers.py), so its peak RSS is its
+own; a last one scores every mode's adapters on the same held-out samples with domainvlm's
+answer-only labels. One JSON object goes to stdout; see benchmarks/README.md.
+
+    .venv/bin/python benchmarks/train_throughput.py          # 40 steps of 16, twice each: ~14 min
+    .venv/bin/python benchmarks/train_throughput.py --quick  # smoke test: a few minutes
 """
 
 from __future__ import annotations
@@ -29,8 +37,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import train_throughput_workers as workers
+
 ROOT = Path(__file__).resolve().parents[1]
 FRAMEWORKS = ("domainvlm", "trl")
+EXTRA_MODES = ("packed_questions", "bf16")  # single_row always runs: the headline ratio
 MIN_QA_PER_IMAGE = 7  # domainvlm.nano.shapes_world.scene_questions asks 7 to 10 per scene
 IMAGE_SIZE = 64
 MODEL_SIZE = "small"  # domainvlm.models.random_init.SIZES: ~4.8 M parameters, patch 8 at 64 px
@@ -39,66 +50,91 @@ WARMUP_RATIO = 0.03  # domainvlm's default; TRL gets the same number of warm-up 
 GOAL_SPEEDUP = 1.5
 LOSS_TOLERANCE = 0.02  # domainvlm's answer loss may exceed TRL's by this fraction
 POLL_SECONDS = 0.05
-TIMING = ("samples_per_s: samples in optimizer steps 2..N over the time from the end of step 1 "
-          "to the end of step N (step 1 is warm-up); each step's data loading, collation and "
-          "logging are inside it. samples_per_s_median_step: batch size over the median step "
-          "time (robust to bursts of load). end_to_end_s: model load + data preparation + "
-          "training + adapter save. Best of the repeats for each.")
+TIMING = ("samples_per_s (questions_per_s when packed): questions trained in optimizer steps "
+          "2..N over the time from the end of step 1 to the end of step N (step 1 is warm-up; "
+          "both sides count the questions their forwards supervise); each step's data loading, "
+          "collation and logging are inside it. supervised_tokens_per_s: the answer tokens of "
+          "those steps alike. samples_per_s_median_step: batch size over the median step time "
+          "(robust to bursts of load); questions_per_s_median_step: the median of each packed "
+          "step's questions per second. end_to_end_s: model load + data "
+          "preparation + training + adapter save. Best of the repeats for each.")
 
 
 # --- orchestration (stdlib + psutil only: the parent stays small, see peak RSS notes) ----------
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=40, help="optimizer steps per framework")
+    parser.add_argument("--steps", type=int, default=40,
+                        help="optimizer steps per run, one row per question")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--eval-samples", type=int, default=80,
                         help="held-out questions scored after training")
     parser.add_argument("--learning-rate", type=float, default=2e-4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=2,
-                        help="train each framework this many times, alternating which goes "
-                             "first, and keep each one's best throughput (shared CPUs are noisy)")
+                        help="train each framework this many times per mode, alternating which "
+                             "goes first, and keep each one's best throughput (shared CPUs are "
+                             "noisy)")
+    parser.add_argument("--bf16-steps", type=int, default=10,
+                        help="steps of the bf16 runs, on the first steps x batch training rows "
+                             "(bf16 is slow on CPUs that emulate it; at most --steps)")
+    parser.add_argument("--skip", action="append", choices=EXTRA_MODES, default=[],
+                        help="leave out this comparison (repeatable); single_row always runs")
     parser.add_argument("--quick", action="store_true",
-                        help="smoke test: 3 steps of batch 4, 10 eval samples")
+                        help="smoke test: 3 steps of batch 4 (2 in bf16), 10 eval samples")
     parser.add_argument("--trl-assistant-only-loss", action="store_true",
-                        help="train TRL on assistant tokens only (default: TRL's default, "
-                             "which also trains on prompt and image tokens)")
+                        help="in single_row and bf16, train TRL on assistant tokens only "
+                             "(default: TRL's default, which also trains on prompt and image "
+                             "tokens); packed_questions always does")
     parser.add_argument("--workdir", type=Path,
                         help="keep model, data, adapters and worker logs here")
     parser.add_argument("--output", type=Path, help="also write the JSON result to this file")
-    parser.add_argument("--worker", choices=("prepare", *FRAMEWORKS, "evaluate"),
-                        help=argparse.SUPPRESS)
-    parser.add_argument("--plan", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--tag", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.quick:
         args.steps, args.batch_size, args.eval_samples, args.repeats = 3, 4, 10, 1
+        args.bf16_steps = 2
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
-    if args.steps < 2:
-        parser.error("--steps must be at least 2 (step 1 is the untimed warm-up)")
+    if min(args.steps, args.bf16_steps) < 2:
+        parser.error("--steps and --bf16-steps must be at least 2 (step 1 is the untimed "
+                     "warm-up)")
+    args.bf16_steps = min(args.bf16_steps, args.steps)
     return args
 
 
 def make_plan(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
-    """Sizes and paths every worker reads. The train set is exactly `steps` full batches."""
+    """Sizes, paths and modes every worker reads. Each mode's training file is exactly its
+    `steps` full row batches: train.jsonl, or its head for bf16."""
     batch = args.batch_size
     train_images = math.ceil(args.steps * batch / MIN_QA_PER_IMAGE)
     eval_images = math.ceil(args.eval_samples / MIN_QA_PER_IMAGE)
+    answers_only = args.trl_assistant_only_loss
+    full = {"train_file": "train.jsonl", "steps": args.steps}
+    modes = {
+        "single_row": {**full, "pack_questions": False, "bf16": False,
+                       "trl_assistant_only_loss": answers_only},
+        "packed_questions": {**full, "pack_questions": True, "bf16": False,
+                             "trl_assistant_only_loss": True},  # equal answer tokens
+        "bf16": {"train_file": "train-bf16.jsonl", "steps": args.bf16_steps,
+                 "pack_questions": False, "bf16": True, "trl_assistant_only_loss": answers_only},
+    }
     return {
         "workdir": str(workdir),
         "model": str(workdir / "model"),
         "data": str(workdir / "data"),
+        "model_size": MODEL_SIZE,
+        "image_size": IMAGE_SIZE,
+        "lora": LORA,
+        "warmup_ratio": WARMUP_RATIO,
         "train_images": train_images,
         "eval_images": eval_images,
         "eval_samples": args.eval_samples,
         "steps": args.steps,
         "batch_size": batch,
         "learning_rate": args.learning_rate,
-        "warmup_steps": round(WARMUP_RATIO * args.steps),  # as domainvlm rounds it
         "seed": args.seed,
         "repeats": args.repeats,
-        "trl_assistant_only_loss": args.trl_assistant_only_loss,
+        "trl_assistant_only_loss": answers_only,
+        "modes": {name: mode for name, mode in modes.items() if name not in args.skip},
     }
 
 
@@ -111,7 +147,7 @@ def worker_env(workdir: Path) -> dict[str, str]:
     return env
 
 
-def run_worker(kind: str, plan_path: Path, env: dict[str, str],
+def run_worker(kind: str, plan_path: Path, env: dict[str, str], mode: str | None = None,
                tag: str | None = None) -> dict[str, Any]:
     """Run one worker subprocess; its JSON result plus `peak_rss_mb_polled` (psutil, 50 ms)."""
     import psutil
@@ -119,8 +155,8 @@ def run_worker(kind: str, plan_path: Path, env: dict[str, str],
     workdir = plan_path.parent
     name = f"{kind}-{tag}" if tag else kind
     log = workdir / f"{name}.log"
-    command = [sys.executable, str(Path(__file__).resolve()), "--worker", kind,
-               "--plan", str(plan_path), *(["--tag", tag] if tag else [])]
+    command = [sys.executable, workers.__file__, kind, str(plan_path),
+               *(["--mode", mode, "--tag", tag] if mode and tag else [])]
     with log.open("w") as handle:
         proc = subprocess.Popen(command, env=env, stdout=handle, stderr=subprocess.STDOUT,
                                 cwd=workdir)
@@ -142,37 +178,92 @@ def run_worker(kind: str, plan_path: Path, env: dict[str, str],
     return result
 
 
-def throughputs(run: dict[str, Any], batch_size: int) -> dict[str, float]:
-    """Steady-state samples/s over steps 2..N (mean, and from the median step time)."""
+def check_equal_work(plan: dict[str, Any],
+                     runs: dict[str, dict[str, list[dict[str, Any]]]]) -> None:
+    """Exit with one line unless both frameworks trained as many questions as the comparison has
+    training rows (one epoch of one file), and the same answer tokens wherever TRL trains on
+    answers only."""
+    for mode, by_name in runs.items():
+        for repeat, pair in enumerate(zip(*(by_name[name] for name in FRAMEWORKS), strict=True)):
+            ours, trl = pair
+            rows = plan["modes"][mode]["steps"] * plan["batch_size"]
+            all_questions = ours["questions"] == trl["questions"] == rows
+            same_tokens = ours["supervised_tokens"] == trl["supervised_tokens"]
+            if not all_questions or (plan["modes"][mode]["trl_assistant_only_loss"]
+                                     and not same_tokens):
+                sys.exit(f"benchmark: unequal work in {mode} (repeat {repeat}): domainvlm "
+                         f"trained {ours['questions']} questions / {ours['supervised_tokens']} "
+                         f"answer tokens, TRL {trl['questions']} / {trl['supervised_tokens']}; "
+                         f"both must train all {rows} training questions of the mode "
+                         "(and the same answer tokens where TRL trains on answers only)")
+
+
+def throughputs(run: dict[str, Any], batch_size: int | None) -> dict[str, float]:
+    """Steady-state rates over steps 2..N: questions and answer tokens per second, and a rate
+    robust to bursts of load: row batches of `batch_size` over the median step time, or (packed
+    steps differ in size) the median of each step's questions per second."""
     ends = run["step_ends"]
     if len(ends) < 2:
         raise RuntimeError(f"need at least 2 timed steps, got {len(ends)}")
+    seconds = ends[-1] - ends[0]
+    rates = {
+        "questions_per_s": round((run["step_questions"][-1] - run["step_questions"][0])
+                                 / seconds, 2),
+        "supervised_tokens_per_s": round((run["step_supervised_tokens"][-1]
+                                          - run["step_supervised_tokens"][0]) / seconds, 1),
+    }
     steps = [ends[i + 1] - ends[i] for i in range(len(ends) - 1)]
-    return {"samples_per_s": round(len(steps) * batch_size / (ends[-1] - ends[0]), 2),
-            "samples_per_s_median_step": round(batch_size / statistics.median(steps), 2)}
+    if batch_size is not None:
+        rates["median_step"] = round(batch_size / statistics.median(steps), 2)
+    else:
+        questions = run["step_questions"]
+        rates["median_step"] = round(statistics.median(
+            (questions[i + 1] - questions[i]) / steps[i] for i in range(len(steps))), 2)
+    return rates
 
 
-def best_of(plan: dict[str, Any], repeats: list[dict[str, Any]]) -> dict[str, Any]:
-    """One framework's figures over its repeats: best speed, highest memory."""
-    speeds = [throughputs(run, plan["batch_size"]) for run in repeats]
-    samples = plan["steps"] * plan["batch_size"]
+def best_of(plan: dict[str, Any], mode: str, repeats: list[dict[str, Any]]) -> dict[str, Any]:
+    """One framework's figures in one mode over its repeats: best speed, highest memory. Row
+    modes name questions samples (one question per row), as the headline always has."""
+    packed = plan["modes"][mode]["pack_questions"]
+    unit = "questions" if packed else "samples"
+    speeds = [throughputs(run, None if packed else plan["batch_size"]) for run in repeats]
     end_to_end = min(run["end_to_end_s"] for run in repeats)
-    return {
-        "samples_per_s": max(s["samples_per_s"] for s in speeds),
-        "samples_per_s_median_step": max(s["samples_per_s_median_step"] for s in speeds),
-        "samples_per_s_each_repeat": [s["samples_per_s"] for s in speeds],
+    first = repeats[0]
+    figures = {
+        f"{unit}_per_s": max(s["questions_per_s"] for s in speeds),
+        f"{unit}_per_s_median_step": max(s["median_step"] for s in speeds),
+        f"{unit}_per_s_each_repeat": [s["questions_per_s"] for s in speeds],
+        "supervised_tokens_per_s": max(s["supervised_tokens_per_s"] for s in speeds),
         "end_to_end_s": end_to_end,
-        "end_to_end_samples_per_s": round(samples / end_to_end, 2),
+        f"end_to_end_{unit}_per_s": round(first["questions"] / end_to_end, 2),
         "peak_rss_mb": max(run["peak_rss_mb"] for run in repeats),
         "peak_rss_mb_polled": max(run["peak_rss_mb_polled"] for run in repeats),
-        "trainable_parameters": repeats[0]["trainable_parameters"],
-        "torch_threads": sorted({run["torch_threads"] for run in repeats}),
+        "trainable_parameters": first["trainable_parameters"],
+        **{key: first[key] for key in ("steps", "questions", "supervised_tokens", "sequences",
+                                       "input_positions", "matmul_dtype")},
     }
+    return figures
+
+
+def compare(figures: dict[str, dict[str, Any]], unit: str) -> dict[str, float]:
+    """domainvlm over TRL: throughput, end to end, and peak memory."""
+    dvlm, trl = figures["domainvlm"], figures["trl"]
+    ratios = {"speedup": round(dvlm[f"{unit}_per_s"] / trl[f"{unit}_per_s"], 3),
+              "speedup_median_step": round(dvlm[f"{unit}_per_s_median_step"]
+                                           / trl[f"{unit}_per_s_median_step"], 3)}
+    if unit == "questions":
+        ratios["speedup_supervised_tokens"] = round(dvlm["supervised_tokens_per_s"]
+                                                    / trl["supervised_tokens_per_s"], 3)
+    ratios["speedup_end_to_end"] = round(trl["end_to_end_s"] / dvlm["end_to_end_s"], 3)
+    ratios["rss_ratio"] = round(dvlm["peak_rss_mb"] / trl["peak_rss_mb"], 3)
+    return ratios
 
 
 def summarise(plan: dict[str, Any], prep: dict[str, Any],
-              runs: dict[str, list[dict[str, Any]]], scores: dict[str, Any],
+              runs: dict[str, dict[str, list[dict[str, Any]]]], scores: dict[str, Any],
               wall: float) -> dict[str, Any]:
+    single = runs["single_row"]
     out: dict[str, Any] = {
         "benchmark": "train_throughput",
         "config": {
@@ -186,34 +277,62 @@ def summarise(plan: dict[str, Any], prep: dict[str, Any],
             "timed_steps": plan["steps"] - 1,
             "repeats": plan["repeats"],
             "train_samples": prep["train_samples"],
+            "train_images": prep["train_images"],
             "eval_samples": scores["eval_samples"],
             "seed": plan["seed"],
             "learning_rate": plan["learning_rate"],
-            "schedule": f"cosine, {plan['warmup_steps']} warm-up step(s), AdamW, grad-norm 1.0",
+            "schedule": f"cosine, {WARMUP_RATIO:.0%} warm-up (rounded to whole steps), AdamW, "
+                        "grad-norm 1.0",
             "lora": {**LORA, "target_modules": prep["target_modules"]},
             "trl_loss_tokens": "assistant only" if plan["trl_assistant_only_loss"]
             else "all non-padding tokens (TRL's default)",
-            "torch_threads": {name: runs[name][0]["torch_threads"] for name in FRAMEWORKS},
+            "torch_threads": {name: single[name][0]["torch_threads"] for name in FRAMEWORKS},
+            "modes": plan["modes"],
             "timing": TIMING,
         },
     }
-    for name in FRAMEWORKS:
-        figures = best_of(plan, runs[name])
-        del figures["torch_threads"]
-        out[name] = {**figures, "answer_loss": scores[name]}
-    dvlm, trl = out["domainvlm"], out["trl"]
+    figures = {}
+    for mode in plan["modes"]:
+        figures[mode] = {name: {**best_of(plan, mode, runs[mode][name]),
+                                "answer_loss": scores[mode][name]} for name in FRAMEWORKS}
+    out.update(figures["single_row"])
     out["base_answer_loss"] = scores["base"]
-    out["speedup"] = round(dvlm["samples_per_s"] / trl["samples_per_s"], 3)
-    out["speedup_median_step"] = round(dvlm["samples_per_s_median_step"]
-                                       / trl["samples_per_s_median_step"], 3)
-    out["speedup_end_to_end"] = round(trl["end_to_end_s"] / dvlm["end_to_end_s"], 3)
-    out["rss_ratio"] = round(dvlm["peak_rss_mb"] / trl["peak_rss_mb"], 3)
+    out.update(compare(figures["single_row"], "samples"))
+    dvlm, trl = out["domainvlm"], out["trl"]
     goals = {
         f"speedup_ge_{GOAL_SPEEDUP}": out["speedup"] >= GOAL_SPEEDUP,
         "answer_loss_le_trl": dvlm["answer_loss"] <= trl["answer_loss"] * (1 + LOSS_TOLERANCE),
         "rss_not_higher": out["rss_ratio"] <= 1.0,
     }
     out["goal_met"] = {**goals, "all": all(goals.values())}
+    if "packed_questions" in figures:
+        packed = figures["packed_questions"]
+        out["packed_questions"] = {
+            "what": f"domainvlm --pack-questions, {prep['images_per_step']} image(s) with all "
+                    "their questions per step, each image's tokens once; TRL one row per "
+                    f"question, {plan['batch_size']} per step, assistant-only loss",
+            "unit": "questions_per_s (supervised_tokens_per_s alike): both sides train the "
+                    "same questions and the same answer tokens (checked), in a different "
+                    "number of steps",
+            "images_per_step": prep["images_per_step"],
+            "equal_work": {"questions": packed["trl"]["questions"],
+                           "supervised_tokens": packed["trl"]["supervised_tokens"]},
+            **packed,
+            **compare(packed, "questions"),
+        }
+    if "bf16" in figures:
+        half = figures["bf16"]
+        for name in FRAMEWORKS:
+            half[name]["vs_float32"] = round(half[name]["samples_per_s"]
+                                             / out[name]["samples_per_s"], 3)
+        out["bf16"] = {
+            "what": f"single_row with bf16 autocast, {plan['modes']['bf16']['steps']} steps on "
+                    "the head of its training rows: domainvlm mixed_precision bf16, TRL "
+                    "bf16=True; float32 weights, bf16 matmuls (matmul_dtype)",
+            "cpu": prep["cpu"],
+            **half,
+            **compare(half, "samples"),
+        }
     out["load_average"] = [round(x, 2) for x in os.getloadavg()]
     out["wall_s"] = round(wall, 1)
     return out
@@ -221,13 +340,6 @@ def summarise(plan: dict[str, Any], prep: dict[str, Any],
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.worker:
-        plan = json.loads(args.plan.read_text())
-        name = f"{args.worker}-{args.tag}" if args.tag else args.worker
-        result = WORKERS[args.worker]({**plan, "tag": name})
-        (args.plan.parent / f"{name}.json").write_text(json.dumps(result, indent=2))
-        return 0
-
     started = time.perf_counter()
     keep = args.workdir is not None
     workdir = (args.workdir or Path(tempfile.mkdtemp(prefix="dvlm-bench-"))).resolve()
@@ -238,10 +350,13 @@ def main(argv: list[str] | None = None) -> int:
         plan_path.write_text(json.dumps(plan, indent=2))
         env = worker_env(workdir)
         prep = run_worker("prepare", plan_path, env)
-        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in FRAMEWORKS}
+        runs = {mode: {name: [] for name in FRAMEWORKS} for mode in plan["modes"]}
         for repeat in range(args.repeats):  # alternate the order: A B, B A, ...
-            for name in FRAMEWORKS[:: 1 if repeat % 2 == 0 else -1]:
-                runs[name].append(run_worker(name, plan_path, env, tag=str(repeat)))
+            for mode in plan["modes"]:
+                for name in FRAMEWORKS[:: 1 if repeat % 2 == 0 else -1]:
+                    runs[mode][name].append(run_worker(name, plan_path, env, mode,
+                                                       workers.run_tag(mode, repeat)))
+        check_equal_work(plan, runs)
         scores = run_worker("evaluate", plan_path, env)  # scores the adapters of repeat 0
         result = summarise(plan, prep, runs, scores, time.perf_counter() - started)
     finally:
@@ -249,224 +364,12 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
     text = json.dumps(result, indent=2)
     if args.output:
-        args.output.write_text(text + "\n")
+        from domainvlm.atomic import write_bytes
+
+        write_bytes(args.output, (text + "\n").encode())
     print(text)
     return 0
 
-
-# --- workers (each in its own process) ----------------------------------------------------------
-def peak_rss_mb() -> float:
-    """This process's high-water resident set so far (Linux reports KiB, macOS bytes)."""
-    import resource
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def prepare(plan: dict[str, Any]) -> dict[str, Any]:
-    """Build the model and data set once; both frameworks read the same files."""
-    from transformers import AutoModelForImageTextToText
-
-    from domainvlm.nano.shapes_world import write_shapes_dataset
-    from domainvlm.tiny import build_tiny_model
-    from domainvlm.train.lora import select_targets
-
-    model_dir = build_tiny_model("llava", plan["model"], seed=plan["seed"],
-                                 image_size=IMAGE_SIZE, size=MODEL_SIZE)
-    n_images = plan["train_images"] + plan["eval_images"]
-    paths = write_shapes_dataset(plan["data"], n_images=n_images, seed=plan["seed"],
-                                 image_size=IMAGE_SIZE,
-                                 eval_fraction=plan["eval_images"] / n_images)
-    for split, keep in (("train", plan["steps"] * plan["batch_size"]),
-                        ("eval", plan["eval_samples"])):
-        rows = read_jsonl(paths[split])[:keep]
-        paths[split].write_text("".join(json.dumps(row) + "\n" for row in rows))
-    model = AutoModelForImageTextToText.from_pretrained(model_dir)
-    vision = model.config.vision_config
-    return {
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "image_tokens": (vision.image_size // vision.patch_size) ** 2,
-        "train_samples": len(read_jsonl(paths["train"])),
-        "target_modules": select_targets(model, ["language"]),  # domainvlm's default targets
-    }
-
-
-def train_domainvlm(plan: dict[str, Any]) -> dict[str, Any]:
-    import torch
-
-    from domainvlm.progress import Reporter
-    from domainvlm.train.config import FinetuneConfig
-    from domainvlm.train.loop import finetune
-
-    class StepClock(Reporter):
-        """A silent reporter that stamps the end of every optimizer step."""
-
-        def __init__(self) -> None:
-            super().__init__(enabled=False)
-            self.step_ends: list[float] = []
-
-        @contextlib.contextmanager
-        def task(self, description: str, total: int, completed: int = 0):
-            def advance(n: int = 1, **fields: Any) -> None:
-                if description == "fine-tuning":
-                    self.step_ends.append(time.perf_counter())
-
-            yield advance
-
-    workdir = Path(plan["workdir"])
-    cfg = FinetuneConfig(
-        model=plan["model"],
-        data=str(Path(plan["data"]) / "train.jsonl"),
-        output=workdir / f"{plan['tag']}-run",
-        lora_r=LORA["r"],
-        lora_alpha=LORA["alpha"],
-        lora_dropout=LORA["dropout"],
-        batch_size=plan["batch_size"],
-        max_steps=plan["steps"],
-        learning_rate=plan["learning_rate"],
-        warmup_ratio=WARMUP_RATIO,
-        schedule="cosine",
-        max_grad_norm=1.0,
-        seed=plan["seed"],
-        group_by_length=True,
-        vision_cache="auto",
-        cache_dir=workdir / f"{plan['tag']}-cache",  # fresh: nothing from an earlier run
-    )
-    clock = StepClock()
-    started = time.perf_counter()
-    result = finetune(cfg, reporter=clock)
-    end_to_end = time.perf_counter() - started
-    rss = peak_rss_mb()
-    trainable = _adapter_parameters(result.adapter)
-    return {
-        "step_ends": clock.step_ends,
-        "end_to_end_s": round(end_to_end, 2),
-        "peak_rss_mb": rss,
-        "adapter": str(result.adapter),
-        "trainable_parameters": trainable,
-        "torch_threads": torch.get_num_threads(),
-    }
-
-
-def train_trl(plan: dict[str, Any]) -> dict[str, Any]:
-    import torch
-    from datasets import Dataset, Image, List
-    from peft import LoraConfig
-    from transformers import AutoModelForImageTextToText, AutoProcessor, TrainerCallback
-    from trl import SFTConfig, SFTTrainer
-
-    class StepClock(TrainerCallback):
-        def __init__(self) -> None:
-            self.step_ends: list[float] = []
-
-        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            self.step_ends.append(time.perf_counter())
-
-    workdir, data = Path(plan["workdir"]), Path(plan["data"])
-    prep = json.loads((workdir / "prepare.json").read_text())
-    clock = StepClock()
-    started = time.perf_counter()
-    model = AutoModelForImageTextToText.from_pretrained(plan["model"], dtype=torch.float32)
-    processor = AutoProcessor.from_pretrained(plan["model"])
-    rows = read_jsonl(data / "train.jsonl")
-    # TRL's conversational VLM format: string contents; TRL inserts the image placeholder.
-    dataset = Dataset.from_dict({
-        "images": [[str(data / row["image"])] for row in rows],
-        "messages": [[{"role": "user", "content": row["question"]},
-                      {"role": "assistant", "content": row["answer"]}] for row in rows],
-    }).cast_column("images", List(Image()))
-    args = SFTConfig(
-        output_dir=str(workdir / f"{plan['tag']}-run"),
-        max_steps=plan["steps"],
-        per_device_train_batch_size=plan["batch_size"],
-        gradient_accumulation_steps=1,
-        learning_rate=plan["learning_rate"],
-        lr_scheduler_type="cosine",
-        warmup_steps=plan["warmup_steps"],
-        weight_decay=0.0,
-        max_grad_norm=1.0,
-        seed=plan["seed"],
-        bf16=False,  # TRL defaults to bf16; domainvlm trains float32 on a CPU
-        gradient_checkpointing=False,  # TRL defaults to on; domainvlm to off
-        assistant_only_loss=plan["trl_assistant_only_loss"],
-        save_strategy="no",
-        report_to="none",
-        disable_tqdm=True,
-    )
-    peft_config = LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
-                             target_modules=prep["target_modules"], bias="none")
-    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset,
-                         processing_class=processor, peft_config=peft_config,
-                         callbacks=[clock])
-    trainer.train()
-    adapter = workdir / f"{plan['tag']}-run" / "adapter"
-    trainer.save_model(str(adapter))
-    end_to_end = time.perf_counter() - started
-    rss = peak_rss_mb()
-    return {
-        "step_ends": clock.step_ends,
-        "end_to_end_s": round(end_to_end, 2),
-        "peak_rss_mb": rss,
-        "adapter": str(adapter),
-        "trainable_parameters": _adapter_parameters(adapter),
-        "torch_threads": torch.get_num_threads(),
-    }
-
-
-def _adapter_parameters(folder: Path) -> int:
-    from safetensors.torch import load_file
-
-    weights = load_file(str(Path(folder) / "adapter_model.safetensors"))
-    return sum(tensor.numel() for tensor in weights.values())
-
-
-def evaluate(plan: dict[str, Any]) -> dict[str, Any]:
-    """Mean answer-token loss of the base model and of each adapter, domainvlm's masking."""
-    import torch
-    from peft import PeftModel
-
-    from domainvlm.data.collate import collate
-    from domainvlm.data.encode import IGNORE_INDEX, encode_records
-    from domainvlm.data.prompting import PromptFormat
-    from domainvlm.data.records import load_records
-    from domainvlm.loading import load_model
-    from domainvlm.train.loop import token_loss_sum
-
-    workdir = Path(plan["workdir"])
-    loaded = load_model(plan["model"], dtype="float32", device="cpu")
-    fmt = PromptFormat.from_processor(loaded.processor, loaded.family)
-    records = load_records(Path(plan["data"]) / "eval.jsonl")
-    samples = encode_records(records, fmt, max_length=2048)
-    pad_id = loaded.processor.tokenizer.pad_token_id
-    lengths = [len(s["input_ids"]) for s in samples]
-
-    def answer_loss(model: Any) -> float:
-        model.eval()
-        total, count = 0.0, 0
-        with torch.no_grad():
-            for start in range(0, len(samples), plan["batch_size"]):
-                inputs = collate(samples[start:start + plan["batch_size"]], pad_id)
-                count += int((inputs["labels"][:, 1:] != IGNORE_INDEX).sum())
-                total += float(token_loss_sum(model, inputs))
-        return round(total / count, 4)
-
-    scores: dict[str, Any] = {"base": answer_loss(loaded.model)}
-    for name in FRAMEWORKS:
-        adapter = json.loads((workdir / f"{name}-0.json").read_text())["adapter"]
-        base = load_model(plan["model"], dtype="float32", device="cpu").model
-        scores[name] = answer_loss(PeftModel.from_pretrained(base, adapter))
-    scores["eval_samples"] = len(samples)
-    scores["sequence_length"] = {"min": min(lengths), "max": max(lengths),
-                                 "mean": round(sum(lengths) / len(lengths), 1)}
-    return scores
-
-
-WORKERS = {"prepare": prepare, "domainvlm": train_domainvlm, "trl": train_trl,
-           "evaluate": evaluate}
 
 if __name__ == "__main__":
     sys.exit(main())
