@@ -295,7 +295,7 @@ def render_command(
     from PIL import Image
 
     from domainvlm.atomic import write_bytes
-    from domainvlm.medical.io import iter_dicom, read_frames
+    from domainvlm.medical.io import frame_count, iter_dicom, read_frames
     from domainvlm.medical.render import render_frame
     from domainvlm.medical.series import group_series, load_volume
     from domainvlm.medical.vqa import ViewSpec, render_views
@@ -309,7 +309,7 @@ def render_command(
 
         raise DicomError(f"{source}: holds {len(groups)} series; point at one series' folder "
                          "(see `domainvlm dicom info`)")
-    single = len(sources) == 1 and int(sources[0].dataset.get("NumberOfFrames", 1) or 1) == 1
+    single = len(sources) == 1 and frame_count(sources[0].dataset, sources[0].name) == 1
     if single:
         ds = sources[0].dataset
         images = [render_frame(ds, read_frames(ds, sources[0].name)[0],

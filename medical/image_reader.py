@@ -22,7 +22,7 @@ from typing import Any
 from domainvlm.errors import ConfigError
 from domainvlm.image_readers import ReaderImages
 from domainvlm.medical.errors import DicomError, NotDicomError, SeriesGeometryError
-from domainvlm.medical.io import iter_dicom, read_frames
+from domainvlm.medical.io import frame_count, iter_dicom, read_frames
 from domainvlm.medical.render import render_frame
 from domainvlm.medical.series import group_series, load_volume
 from domainvlm.medical.vqa import ViewSpec, render_views
@@ -47,7 +47,7 @@ def read_dicom(path: Path, view: Mapping[str, Any]) -> ReaderImages | None:
         volume = load_volume(sources, name=str(path))
     except SeriesGeometryError:
         ds = sources[0].dataset
-        if len(sources) > 1 or int(ds.get("NumberOfFrames", 1) or 1) > 1:
+        if len(sources) > 1 or frame_count(ds, str(path)) > 1:
             raise
         image = render_frame(ds, read_frames(ds, str(path))[0], name=str(path))
         return ReaderImages([_pil(image)], f"DICOM {ds.get('Modality', '')} image without "

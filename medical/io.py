@@ -293,14 +293,24 @@ def _decode(ds: Any, name: str) -> Any:
     return np.asarray(pixels)
 
 
+def frame_count(ds: Any, name: str) -> int:
+    """NumberOfFrames (1 when absent), or DicomDecodeError naming the file when it is not a
+    whole number: the one reading of it, so a malformed value never ends as a bare ValueError."""
+    try:
+        return int(ds.get("NumberOfFrames") or 1)
+    except _PARSE_ERRORS as err:
+        raise DicomDecodeError(f"{name}: NumberOfFrames is not a whole number ({_detail(err)}); "
+                               "re-export the file from its source") from None
+
+
 def _image_shape(ds: Any, name: str) -> tuple[int, int, int, int]:
     missing = [k for k in _REQUIRED_PIXEL_ATTRIBUTES if k not in ds]
     if missing:
         raise DicomDecodeError(
             f"{name}: pixel data without {', '.join(missing)}; the Image Pixel module "
             "(group 0028) is incomplete, re-export the file from its source")
+    frames = frame_count(ds, name)
     try:
-        frames = int(ds.get("NumberOfFrames") or 1)
         rows, cols = int(ds.Rows), int(ds.Columns)
         samples = int(ds.SamplesPerPixel)
         int(ds.BitsAllocated)

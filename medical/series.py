@@ -23,7 +23,13 @@ from typing import Any
 import numpy as np
 
 from domainvlm.medical.errors import DicomError, SeriesGeometryError
-from domainvlm.medical.io import DicomSource, functional_group, iter_dicom, read_frames
+from domainvlm.medical.io import (
+    DicomSource,
+    frame_count,
+    functional_group,
+    iter_dicom,
+    read_frames,
+)
 from domainvlm.medical.render import Window, tag_window
 
 ORIENTATION_TOLERANCE = 1e-3  # direction cosines written with ~6 decimals
@@ -202,12 +208,12 @@ def _floats(value: Any, count: int, what: str, where: str) -> np.ndarray:
 
 
 def _geometry(sources: list[DicomSource], name: str) -> list[_Slice]:
-    if len(sources) == 1 and int(sources[0].dataset.get("NumberOfFrames", 1) or 1) > 1:
+    if len(sources) == 1 and frame_count(sources[0].dataset, sources[0].name) > 1:
         return _frame_geometry(sources[0])
     slices = []
     for index, source in enumerate(sources):
         ds = source.dataset
-        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        frames = frame_count(ds, source.name)
         if frames > 1:
             raise SeriesGeometryError(
                 f"{source.name}: a {frames}-frame object among {len(sources)} files in {name}; "
@@ -231,7 +237,7 @@ def _geometry(sources: list[DicomSource], name: str) -> list[_Slice]:
 def _frame_geometry(source: DicomSource) -> list[_Slice]:
     """Slices of an enhanced multi-frame object from its (per-frame or shared) groups."""
     ds = source.dataset
-    frames = int(ds.NumberOfFrames)
+    frames = frame_count(ds, source.name)
     per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
     if len(per_frame) != frames:
         raise SeriesGeometryError(

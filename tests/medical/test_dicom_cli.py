@@ -351,3 +351,21 @@ def test_info_names_each_series_in_80_columns(tmp_path):
     patient = [*phi.values(), "Johanna", "Smith", "1961", str(small.PatientName),
                str(small.PatientID)]
     assert not [value for value in patient if value in result.stdout + result.stderr]
+
+
+def test_a_malformed_frame_count_is_one_clear_error_wherever_a_file_is_shown(tmp_path):
+    """badVR.dcm's NumberOfFrames is "1A": `dicom render` and the reader behind `ask` end in
+    one DicomError naming the file and the attribute, not a bare ValueError."""
+    from pydicom.data import get_testdata_file
+
+    from domainvlm.medical.errors import DicomDecodeError
+    from domainvlm.medical.image_reader import read_dicom
+
+    bad = get_testdata_file("badVR.dcm")
+    result = cli("render", bad, tmp_path / "out.png")
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {bad}: NumberOfFrames is not a whole")
+    assert not (tmp_path / "out.png").exists()
+    with pytest.raises(DicomDecodeError, match="NumberOfFrames is not a whole number"):
+        read_dicom(Path(bad), {})
