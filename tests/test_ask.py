@@ -4,24 +4,13 @@ bad input is one line and exit 2. (DICOM inputs: tests/medical/test_ask_dicom.py
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import run_cli as run
 
-from domainvlm import cli
 from domainvlm.errors import ConfigError
 from domainvlm.image_readers import parse_view
-
-
-def run(capsys, monkeypatch, *args) -> tuple[int, str, str]:
-    """(exit code, stdout, stderr) of `domainvlm ARGS`, in this process."""
-    monkeypatch.setattr(sys, "argv", ["domainvlm", *map(str, args)])
-    monkeypatch.setattr(cli, "_DEBUG", False)
-    with pytest.raises(SystemExit) as done:
-        cli.main()
-    out, err = capsys.readouterr()
-    return done.value.code, out, err
 
 
 @pytest.fixture(scope="module")

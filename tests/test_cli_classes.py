@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 import typer
+from conftest import run_cli as run
 
 from domainvlm import cli
 
@@ -40,16 +41,6 @@ def leaf_commands() -> set[str]:
             yield from walk(sub, (*path, name))
 
     return set(walk(typer.main.get_command(cli.app)))
-
-
-def run(capsys, monkeypatch, *args) -> tuple[int, str, str]:
-    """(exit code, stdout, stderr) of `domainvlm ARGS`, in this process."""
-    monkeypatch.setattr(sys, "argv", ["domainvlm", *map(str, args)])
-    monkeypatch.setattr(cli, "_DEBUG", False)
-    with pytest.raises(SystemExit) as done:
-        cli.main()
-    out, err = capsys.readouterr()
-    return done.value.code, out, err
 
 
 def assert_one_line(code: int, err: str, pattern: str) -> None:

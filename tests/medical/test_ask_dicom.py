@@ -9,14 +9,13 @@ import dataclasses
 import json
 import re
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_cli as run
 from PIL import Image
 
-from domainvlm import cli
 from domainvlm.ask import ask
 from domainvlm.medical.cohort import write_cohort
 from domainvlm.medical.cohort_questions import cohort_questions
@@ -28,15 +27,6 @@ from domainvlm.medical.vqa import ViewSpec, build_vqa, render_views
 KEY = "test-project-key-Vb7Nq2Lm9Xr4Tk8Wz3Pc"
 SPEC = ViewSpec(strategy="slabs", count=4, window="lung", image_size=64)  # not the default
 TOKENS = "4"
-
-
-def run(capsys, monkeypatch, *args) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["domainvlm", *map(str, args)])
-    monkeypatch.setattr(cli, "_DEBUG", False)
-    with pytest.raises(SystemExit) as done:
-        cli.main()
-    out, err = capsys.readouterr()
-    return done.value.code, out, err
 
 
 @pytest.fixture(scope="module")
