@@ -97,6 +97,12 @@ def _check_member(path: Path, member: tarfile.TarInfo, staging: Path,
     return parts
 
 
+def listed(path: Path) -> list[str]:
+    """The refs an archive says it holds (its adapters.json)."""
+    with tarfile.open(path, mode="r:*") as tar:
+        return _manifest(path, tar)
+
+
 def _manifest(path: Path, tar: tarfile.TarFile) -> list[str]:
     try:
         handle = tar.extractfile(MANIFEST)
