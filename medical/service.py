@@ -32,6 +32,7 @@ from domainvlm.medical import study_intake as intake
 from domainvlm.medical.study_views import Renders, Shown, png, sources
 
 UID = r"^[0-9]+(\.[0-9]+)*$"
+SERIES = r"^([0-9]+(\.[0-9]+)*)?$"  # empty: the first series with a volume
 ADAPTER = r"^[A-Za-z0-9._@-]{1,100}$"
 StudyId = Annotated[str, PathParam(pattern=r"^[0-9a-f]{32}$", description="The study's id",
                                    examples=["3f2a9c0e5b1d4e7f8a6b2c9d0e1f2a3b"])]
@@ -69,10 +70,6 @@ class StudyOut(BaseModel):
         "modality": "CT", "series": [{"uid": "2.25.987654321", "description": "",
                                       "modality": "CT", "instances": 120}],
         "instances": 120, "created": "2026-01-05T10:00:00Z", "source": "upload"}]}}
-
-
-class StudyList(BaseModel):
-    studies: list[StudyOut]
 
 
 class PacsList(BaseModel):
@@ -262,9 +259,9 @@ def _pacs_url(svc: Service, name: str | None) -> str:
 
 # ------------------------------------------------------------------------------ the index
 
-@router.get("", response_model=StudyList, responses=responses(), summary="Your studies")
+@router.get("", response_model=list[StudyOut], responses=responses(), summary="Your studies")
 async def list_studies(request: Request, who: Annotated[Caller, Depends(caller)],
-                       limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> StudyList:
+                       limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[StudyOut]:
     """Newest first."""
     from sqlalchemy import select
 
@@ -279,7 +276,7 @@ async def list_studies(request: Request, who: Annotated[Caller, Depends(caller)]
         with service(request).sessions() as session:
             return [_out(_row_dict(row)) for row in session.scalars(query)]
 
-    return StudyList(studies=await run_in_threadpool(rows))
+    return await run_in_threadpool(rows)
 
 
 @router.get("/{study_id}", response_model=StudyOut, responses=responses(404),
@@ -350,7 +347,8 @@ async def study_views(study_id: StudyId, request: Request,
                       svc: Annotated[Service, Depends(ready_service)],
                       who: Annotated[Caller, Depends(caller)],
                       adapter: Annotated[str, Query(pattern=ADAPTER)] = "base",
-                      series: Annotated[str | None, Query(max_length=64, pattern=UID)] = None,
+                      series: Annotated[str | None, Query(max_length=64, pattern=SERIES)]
+                      = None,
                       view: Annotated[str | None, Query(
                           max_length=500, description="View fields over the adapter's: JSON "
                           "or key=value pairs", examples=["strategy=slabs,count=4"])] = None,
@@ -375,8 +373,8 @@ async def study_view_png(study_id: StudyId, index: Annotated[int, PathParam(ge=0
                          request: Request, svc: Annotated[Service, Depends(ready_service)],
                          who: Annotated[Caller, Depends(caller)],
                          adapter: Annotated[str, Query(pattern=ADAPTER)] = "base",
-                         series: Annotated[str | None, Query(max_length=64, pattern=UID)]
-                         = None,
+                         series: Annotated[str | None, Query(max_length=64,
+                                                             pattern=SERIES)] = None,
                          view: Annotated[str | None, Query(max_length=500)] = None) -> Response:
     shown, _, _ = await _shown(request, svc, who, study_id, adapter, series, view)
     if index >= len(shown.images):
@@ -425,6 +423,7 @@ async def _shown(request: Request, svc: Service, who: Caller, study_id: str, ada
 
     row = await _own(request, who, study_id)
     request.state.adapter = adapter
+    series_uid = series_uid or None
     given = parse_view(view) or {}
     recorded = await run_in_threadpool(svc.runtime.views, adapter) or {}
     fields = {**recorded, **given}

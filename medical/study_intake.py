@@ -34,6 +34,7 @@ from domainvlm.medical.errors import (
 FIELD = "files"  # the multipart field uploads come in
 _POSITION = re.compile(r"(file|member)-(\d+)")
 _NAME_OF = {"file": "file", "member": "zip member"}
+_REQUIRED = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
 
 
 @dataclass(frozen=True)
@@ -218,7 +219,7 @@ def check_dicom(folder: Path) -> None:
     for path in sorted(folder.iterdir()):
         label = position(path)
         try:
-            read_dataset(path, label, stop_before_pixels=True)
+            ds = read_dataset(path, label, stop_before_pixels=True)
         except NotDicomError:
             raise Problem(400, f"{label} is not a DICOM file (no 'DICM' header and no SOP "
                           "Class UID); send DICOM files or one .zip of them",
@@ -226,6 +227,10 @@ def check_dicom(folder: Path) -> None:
         except DicomError:
             raise Problem(400, f"{label} is damaged DICOM: its header cannot be parsed",
                           "bad-dicom") from None
+        missing = [k for k in _REQUIRED if not ds.get(k)]
+        if missing and "DirectoryRecordSequence" not in ds:  # a DICOMDIR index is passed over
+            raise Problem(400, f"{label} is damaged or incomplete DICOM: no "
+                          f"{', '.join(missing)}", "bad-dicom")
 
 
 def position(path: Path | str) -> str:
