@@ -87,8 +87,8 @@ def _check_member(path: Path, member: tarfile.TarInfo, staging: Path,
     try:
         tarfile.data_filter(member, str(staging))
     except tarfile.FilterError as exc:
-        raise AdapterError(f"{path}: member {name!r} refused ({type(exc).__name__}); "
-                           "nothing imported") from None
+        raise AdapterError(f"{path}: member {name!r} is unsafe to unpack "
+                           f"({type(exc).__name__}); refused, nothing imported") from None
     if member.isfile():
         if name in seen or (parts != (MANIFEST,) and len(parts) < 3):
             raise AdapterError(f"{path}: member {name!r} is repeated or outside a "

@@ -359,6 +359,11 @@ def test_cli_add_list_show_export_import_rm(run, made, tmp_path, capsys, monkeyp
         "note: proj@1 is answered in batches of its own: it trains "
         "model.multi_modal_projector in full (modules_to_save)",
         f"wrote {store / 'proj' / '1'} (proj@1)"]
+    code, out, _ = run_cli(capsys, monkeypatch, "adapters", "add", made["dora"], "dora")
+    assert code == 0 and out.splitlines()[0] == ("note: dora@1 is answered in batches of its "
+                                                 "own: a DoRA adapter (PEFT cannot batch DoRA "
+                                                 "with other adapters)")
+    run_cli(capsys, monkeypatch, "adapters", "rm", "dora@1")
 
     code, out, _ = run_cli(capsys, monkeypatch, "adapters", "list")
     cards = {c.ref: c for c in AdapterStore(store).list()}
