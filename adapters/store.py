@@ -96,7 +96,7 @@ class AdapterStore:
         folder, run = sources.open_source(Path(source))
         config = _read_json(folder / sources.ADAPTER_CONFIG)
         base, data = sources.base_of(folder), sources.data_of(run)
-        measured, views = sources.metrics_of(metrics), recorded_views(folder)
+        measured, views = sources.metrics_of(metrics, folder), recorded_views(folder)
         mixable = sources.mixing_blocker(folder, config) is None
         version = version or self._next_version(name)
         final = self.root / name / version

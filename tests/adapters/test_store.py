@@ -115,6 +115,13 @@ def test_an_adapter_without_its_base_record_is_refused(made, tmp_path):
     assert not (tmp_path / "store").exists()
 
 
+def test_metrics_of_another_adapter_are_refused(run, made, tmp_path):
+    with pytest.raises(AdapterError, match="metrics.json: these metrics are of .*run/adapter, "
+                                           "whose weights differ"):
+        AdapterStore(tmp_path / "store").add(made["lora"], "chest", metrics=run["eval"])
+    assert not (tmp_path / "store").exists()
+
+
 def test_a_missing_data_file_is_said_in_the_card(run, tmp_path):
     copy = tmp_path / "run"
     shutil.copytree(run["run"], copy)
