@@ -20,12 +20,13 @@ MANIFEST = "adapters.json"
 FORMAT = "domainvlm-adapters"
 
 
-def write(path: Path, folders: dict[str, Path]) -> None:
+def write(path: Path, folders: dict[str, Path], *, replace: bool) -> None:
     """Write the adapters of `folders` (ref -> checked store folder) into the tar `path`, in
-    one step; the same adapters give the same bytes."""
+    one step (an existing `path` is replaced only with `replace`); the same adapters give the
+    same bytes."""
     manifest = json.dumps({"format": FORMAT, "version": 1, "adapters": list(folders)},
                           indent=2).encode()
-    with atomic_file(path) as handle, tarfile.open(fileobj=handle, mode="w",
+    with atomic_file(path, replace=replace) as handle, tarfile.open(fileobj=handle, mode="w",
                                                     format=tarfile.PAX_FORMAT) as tar:
         tar.addfile(_info(MANIFEST, len(manifest)), io.BytesIO(manifest))
         for ref, folder in folders.items():

@@ -93,6 +93,7 @@ class AdapterStore:
         check_name(name, "name")
         if version is not None:
             check_name(version, "version")
+        self._check_root()
         folder, run = sources.open_source(Path(source))
         config = _read_json(folder / sources.ADAPTER_CONFIG)
         base, data = sources.base_of(folder), sources.data_of(run)
@@ -150,14 +151,23 @@ class AdapterStore:
             folder.parent.rmdir()  # the name's folder, once its last version is gone
         return card
 
-    def export(self, archive_path: Path, refs: list[str] | None = None) -> Path:
-        """Write `refs` (default: every adapter), checked, with their cards into one tar."""
+    def export(self, archive_path: Path, refs: list[str] | None = None, *,
+               overwrite: bool = False) -> Path:
+        """Write `refs` (default: every adapter), checked, with their cards into one tar; an
+        existing file is replaced only with `overwrite`."""
+        archive_path = Path(archive_path)
+        if archive_path.exists() and not overwrite:
+            raise AdapterExistsError(f"{archive_path} already exists; pass --overwrite to "
+                                     "replace it, or name another archive")
+        if self.root.resolve() in archive_path.resolve().parents:
+            raise AdapterError(f"{archive_path} is inside the store {self.root}; write the "
+                               "archive elsewhere")
         chosen = [self.card(ref).ref for ref in refs] if refs else [c.ref for c in self.list()]
         if not chosen:
             raise AdapterError(f"the store {self.root} is empty; nothing to export")
         folders = {ref: self.path(ref) for ref in dict.fromkeys(chosen)}
-        archive.write(Path(archive_path), folders)
-        return Path(archive_path)
+        archive.write(archive_path, folders, replace=overwrite)
+        return archive_path
 
     def import_archive(self, archive_path: Path, *,
                        overwrite: bool = False) -> list[AdapterCard]:
@@ -165,6 +175,7 @@ class AdapterStore:
         before any is published. An existing name@version with the same content is left as
         it is (not returned); with other content it is refused unless `overwrite`. Returns
         the cards written."""
+        self._check_root()
         made_root = not self.root.exists()
         staging = self.root / f".import-{os.getpid()}-{secrets.token_hex(4)}"
         try:
@@ -204,6 +215,20 @@ class AdapterStore:
         except AdapterIntegrityError:
             return False
         return True
+
+    def _check_root(self) -> None:
+        """Refuse to write into a folder that holds anything but adapters: a store is an empty
+        folder or one this class filled, so a mistyped --store never scatters adapters among a
+        person's files."""
+        if not self.root.is_dir():
+            return
+        foreign = sorted(p.name for p in self.root.iterdir()
+                         if not (p.is_dir() and NAME.fullmatch(p.name))
+                         and not p.name.startswith(".import-"))
+        if foreign:
+            raise AdapterError(f"{self.root} holds files that are not adapters ({foreign[0]}); "
+                               "a store is an empty folder or an adapter store: choose "
+                               "another --store")
 
     def _next_version(self, name: str) -> str:
         numbers = [int(v.name) for v in self._versions(name) if v.name.isdigit()]

@@ -273,6 +273,28 @@ def test_export_then_import_gives_the_same_cards_byte_for_byte(made, tmp_path):
         assert {m.name.split("/")[0] for m in tar.getmembers()} == {"adapters.json", "lora"}
 
 
+def test_a_folder_of_other_files_is_no_store_and_an_archive_is_not_replaced(made, tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("the user's own file")
+    with pytest.raises(AdapterError, match=r"mine holds files that are not adapters \(notes"):
+        AdapterStore(mine).add(made["lora"], "chest")
+    store = AdapterStore(tmp_path / "store")
+    store.add(made["lora"], "chest")
+    archive = store.export(tmp_path / "chest.tar")
+    with pytest.raises(AdapterError, match="holds files that are not adapters"):
+        AdapterStore(mine).import_archive(archive)
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+    (tmp_path / "chest.tar").write_text("the user's file")
+    with pytest.raises(AdapterExistsError, match="chest.tar already exists; pass --overwrite"):
+        store.export(archive)
+    assert archive.read_text() == "the user's file"
+    assert tarfile.is_tarfile(store.export(archive, overwrite=True))
+    with pytest.raises(AdapterError, match="is inside the store"):
+        store.export(tmp_path / "store" / "chest.tar")
+    assert [c.ref for c in store.list()] == ["chest@1"] and store.path("chest")
+
+
 def test_an_existing_version_with_other_content_needs_overwrite(made, tmp_path):
     first, second = AdapterStore(tmp_path / "first"), AdapterStore(tmp_path / "second")
     first.add(made["lora"], "chest")
