@@ -104,19 +104,20 @@ class AdapterStore:
         if final.exists():
             raise AdapterExistsError(f"{name}@{version} is already in the store {self.root}; "
                                      "give another --version, or remove it first")
-        with new_folder(final) as partial:
-            files = {}
-            for relative in sources.adapter_files(folder):
-                (partial / relative).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(folder / relative, partial / relative)
-                files[relative.as_posix()] = sources.sha256_file(partial / relative)
-            card = AdapterCard(
-                name=name, version=version, base=base, data=data, metrics=measured,
-                created=datetime.now(UTC).isoformat(timespec="seconds"),
-                intended_use=intended_use, licence=licence, files=files,
-                size_bytes=sum((partial / f).stat().st_size for f in files),
-                peft_type=str(config.get("peft_type")), mixable=mixable, views=views)
-            write_json(partial / CARD, card.to_json())
+        made = [p for p in (self.root, self.root / name) if not p.exists()]
+        try:
+            with new_folder(final) as partial:
+                files = _copy_files(folder, partial)
+                card = AdapterCard(
+                    name=name, version=version, base=base, data=data, metrics=measured,
+                    created=datetime.now(UTC).isoformat(timespec="seconds"),
+                    intended_use=intended_use, licence=licence, files=files,
+                    size_bytes=sum((partial / f).stat().st_size for f in files),
+                    peft_type=str(config.get("peft_type")), mixable=mixable, views=views)
+                write_json(partial / CARD, card.to_json())
+        except BaseException:
+            _remove_empty(made)  # a failed add leaves the store as it was
+            raise
         return card
 
     def list(self) -> list[AdapterCard]:
@@ -200,8 +201,7 @@ class AdapterStore:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
             if made_root:
-                with contextlib.suppress(OSError):  # a refused archive leaves no trace
-                    self.root.rmdir()
+                _remove_empty([self.root])  # a refused archive leaves no trace
 
     def _same(self, ref: str, folder: Path) -> bool:
         """Whether the store holds `ref` with exactly these card bytes and files."""
@@ -283,6 +283,24 @@ def check_files(folder: Path, files: dict[str, str], what: str) -> None:
     extra = sorted({p.as_posix() for p in sources.adapter_files(folder)} - set(files))
     if extra:
         raise AdapterIntegrityError(f"{what}: file {extra[0]} was added; it is not in the card")
+
+
+def _copy_files(source: Path, target: Path) -> dict[str, str]:
+    """Copy every adapter file of `source` into `target`: relative path -> sha256 (of the
+    copy: what the store holds is what its card describes)."""
+    files = {}
+    for relative in sources.adapter_files(source):
+        (target / relative).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source / relative, target / relative)
+        files[relative.as_posix()] = sources.sha256_file(target / relative)
+    return files
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove those of `folders` (outermost first) that are empty, innermost first."""
+    for folder in reversed(folders):
+        with contextlib.suppress(OSError):
+            folder.rmdir()
 
 
 def _read_json(path: Path) -> Any:
