@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import secrets
 import shutil
 from dataclasses import dataclass, fields
@@ -33,6 +34,7 @@ from domainvlm.data.views import recorded_views
 __all__ = ["BASE", "AdapterCard", "AdapterStore", "default_root"]
 
 CARD = sources.CARD
+SHA256 = re.compile(r"[0-9a-f]{64}")
 ENV = "DOMAINVLM_ADAPTER_STORE"
 
 
@@ -75,6 +77,14 @@ class AdapterCard:
         missing = [n for n in names if n not in data] if isinstance(data, dict) else names
         if missing:
             raise AdapterError(f"not an adapter card (lacks {', '.join(missing)})")
+        check_name(data["name"], "name")
+        check_name(data["version"], "version")
+        files = data["files"]
+        if not isinstance(files, dict) or not all(
+                _inside(path) and isinstance(digest, str) and SHA256.fullmatch(digest)
+                for path, digest in files.items()):
+            raise AdapterError("not an adapter card (its files must be paths inside the adapter "
+                               "folder, each with a sha256)")
         return cls(**{n: data[n] for n in names})
 
 
@@ -283,6 +293,12 @@ def check_files(folder: Path, files: dict[str, str], what: str) -> None:
     extra = sorted({p.as_posix() for p in sources.adapter_files(folder)} - set(files))
     if extra:
         raise AdapterIntegrityError(f"{what}: file {extra[0]} was added; it is not in the card")
+
+
+def _inside(path: object) -> bool:
+    """A relative path that stays inside its folder (and is not the card)."""
+    return (isinstance(path, str) and path != CARD and not path.startswith("/")
+            and "\\" not in path and all(p not in ("", ".", "..") for p in path.split("/")))
 
 
 def _copy_files(source: Path, target: Path) -> dict[str, str]:

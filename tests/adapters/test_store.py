@@ -364,6 +364,17 @@ def test_a_changed_file_in_an_archive_is_named_and_nothing_imported(made, tmp_pa
                                                     "changed"):
         target.import_archive(archive)
     assert not (tmp_path / "target").exists()  # chest@1 was fine, and is not there either
+    outside = next(m for m in members if m[0].name == "chest/1/card.json")
+    card = json.loads(outside[1])
+    card["files"]["../../outside.txt"] = card["files"]["README.md"]
+    members = [(m, json.dumps(card).encode() if m is outside[0] else data)
+               for m, data in members if not m.name.startswith("dora/")]
+    members[0] = (members[0][0], json.dumps({"format": "domainvlm-adapters",
+                                             "adapters": ["chest@1"]}).encode())
+    (tmp_path / "outside.txt").write_bytes((made["lora"] / "README.md").read_bytes())
+    with pytest.raises(AdapterIntegrityError, match="files must be paths inside the adapter"):
+        target.import_archive(_archive(tmp_path / "outside.tar", members))
+    assert not (tmp_path / "target").exists()
     with pytest.raises(AdapterError, match="not an adapter archive"):
         target.import_archive(_archive(tmp_path / "plain.tar", [_file("chest/1/card.json")]))
     (tmp_path / "text.tar").write_text("not a tar")
