@@ -20,12 +20,13 @@ MANIFEST = "adapters.json"
 FORMAT = "domainvlm-adapters"
 
 
-def write(path: Path, folders: dict[str, Path]) -> None:
+def write(path: Path, folders: dict[str, Path], *, replace: bool) -> None:
     """Write the adapters of `folders` (ref -> checked store folder) into the tar `path`, in
-    one step; the same adapters give the same bytes."""
+    one step (an existing `path` is replaced only with `replace`); the same adapters give the
+    same bytes."""
     manifest = json.dumps({"format": FORMAT, "version": 1, "adapters": list(folders)},
                           indent=2).encode()
-    with atomic_file(path) as handle, tarfile.open(fileobj=handle, mode="w",
+    with atomic_file(path, replace=replace) as handle, tarfile.open(fileobj=handle, mode="w",
                                                     format=tarfile.PAX_FORMAT) as tar:
         tar.addfile(_info(MANIFEST, len(manifest)), io.BytesIO(manifest))
         for ref, folder in folders.items():
@@ -87,8 +88,8 @@ def _check_member(path: Path, member: tarfile.TarInfo, staging: Path,
     try:
         tarfile.data_filter(member, str(staging))
     except tarfile.FilterError as exc:
-        raise AdapterError(f"{path}: member {name!r} refused ({type(exc).__name__}); "
-                           "nothing imported") from None
+        raise AdapterError(f"{path}: member {name!r} is unsafe to unpack "
+                           f"({type(exc).__name__}); refused, nothing imported") from None
     if member.isfile():
         if name in seen or (parts != (MANIFEST,) and len(parts) < 3):
             raise AdapterError(f"{path}: member {name!r} is repeated or outside a "

@@ -114,11 +114,12 @@ def export_command(
     refs: Annotated[Optional[list[str]], typer.Argument(  # noqa: UP045
         help="Adapters to export (name@version or name); default: all.", show_default=False)
     ] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace ARCHIVE if it exists.")] = False,
     store: Store = None,
 ) -> None:
     """Write adapters, checked against their cards, with their cards into one .tar file (for
     another store: `domainvlm adapters import`)."""
-    typer.echo(f"wrote {_open(store).export(archive, refs or None)}")
+    typer.echo(f"wrote {_open(store).export(archive, refs or None, overwrite=overwrite)}")
 
 
 @app.command("import")

@@ -16,6 +16,7 @@ from domainvlm.train.run_dir import RUN_FILE, read_run
 
 ADAPTER_CONFIG = "adapter_config.json"
 CARD = "card.json"  # the store's own file in a stored adapter folder
+WEIGHTS = "adapter_model.safetensors"
 LORA_PARTS = frozenset({"lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B"})
 
 
@@ -94,8 +95,10 @@ def _records(path: Path) -> int | None:
     return None
 
 
-def metrics_of(path: Path | str | None) -> dict[str, Any] | None:
-    """The metrics of `domainvlm eval`: OUTPUT/metrics.json, given the folder or the file."""
+def metrics_of(path: Path | str | None, adapter: Path) -> dict[str, Any] | None:
+    """The metrics of `domainvlm eval` on `adapter`: OUTPUT/metrics.json, given the folder or
+    the file. Metrics of another adapter (other weights) are refused: a card must not claim
+    scores its adapter never got."""
     if path is None:
         return None
     path = Path(path)
@@ -109,6 +112,12 @@ def metrics_of(path: Path | str | None) -> dict[str, Any] | None:
         raise AdapterError(f"{file}: not JSON ({exc.__class__.__name__})") from None
     if not isinstance(metrics, dict):
         raise AdapterError(f"{file}: not a metrics object (a JSON object)")
+    evaluated = Path(str(metrics.get("model", ""))) / WEIGHTS
+    if evaluated.is_file() and (adapter / WEIGHTS).is_file() and \
+            sha256_file(evaluated) != sha256_file(adapter / WEIGHTS):
+        raise AdapterError(f"{file}: these metrics are of {evaluated.parent}, whose weights "
+                           f"differ from those of {adapter}; evaluate this adapter "
+                           "(`domainvlm eval`) and give that output")
     return metrics
 
 
@@ -136,7 +145,7 @@ def mixing_blocker(folder: Path, config: dict[str, Any]) -> str | None:
 
 def tensor_names(folder: Path) -> list[str]:
     """Names of the tensors saved in an adapter folder (read lazily from safetensors)."""
-    safetensors, pickled = folder / "adapter_model.safetensors", folder / "adapter_model.bin"
+    safetensors, pickled = folder / WEIGHTS, folder / "adapter_model.bin"
     if safetensors.is_file():
         from safetensors import safe_open
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import secrets
 import shutil
 from dataclasses import dataclass, fields
@@ -33,6 +34,7 @@ from domainvlm.data.views import recorded_views
 __all__ = ["BASE", "AdapterCard", "AdapterStore", "default_root"]
 
 CARD = sources.CARD
+SHA256 = re.compile(r"[0-9a-f]{64}")
 ENV = "DOMAINVLM_ADAPTER_STORE"
 
 
@@ -75,6 +77,14 @@ class AdapterCard:
         missing = [n for n in names if n not in data] if isinstance(data, dict) else names
         if missing:
             raise AdapterError(f"not an adapter card (lacks {', '.join(missing)})")
+        check_name(data["name"], "name")
+        check_name(data["version"], "version")
+        files = data["files"]
+        if not isinstance(files, dict) or not all(
+                _inside(path) and isinstance(digest, str) and SHA256.fullmatch(digest)
+                for path, digest in files.items()):
+            raise AdapterError("not an adapter card (its files must be paths inside the adapter "
+                               "folder, each with a sha256)")
         return cls(**{n: data[n] for n in names})
 
 
@@ -93,29 +103,31 @@ class AdapterStore:
         check_name(name, "name")
         if version is not None:
             check_name(version, "version")
+        self._check_root()
         folder, run = sources.open_source(Path(source))
         config = _read_json(folder / sources.ADAPTER_CONFIG)
         base, data = sources.base_of(folder), sources.data_of(run)
-        measured, views = sources.metrics_of(metrics), recorded_views(folder)
+        measured, views = sources.metrics_of(metrics, folder), recorded_views(folder)
         mixable = sources.mixing_blocker(folder, config) is None
         version = version or self._next_version(name)
         final = self.root / name / version
         if final.exists():
             raise AdapterExistsError(f"{name}@{version} is already in the store {self.root}; "
                                      "give another --version, or remove it first")
-        with new_folder(final) as partial:
-            files = {}
-            for relative in sources.adapter_files(folder):
-                (partial / relative).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(folder / relative, partial / relative)
-                files[relative.as_posix()] = sources.sha256_file(partial / relative)
-            card = AdapterCard(
-                name=name, version=version, base=base, data=data, metrics=measured,
-                created=datetime.now(UTC).isoformat(timespec="seconds"),
-                intended_use=intended_use, licence=licence, files=files,
-                size_bytes=sum((partial / f).stat().st_size for f in files),
-                peft_type=str(config.get("peft_type")), mixable=mixable, views=views)
-            write_json(partial / CARD, card.to_json())
+        made = [p for p in (self.root, self.root / name) if not p.exists()]
+        try:
+            with new_folder(final) as partial:
+                files = _copy_files(folder, partial)
+                card = AdapterCard(
+                    name=name, version=version, base=base, data=data, metrics=measured,
+                    created=datetime.now(UTC).isoformat(timespec="seconds"),
+                    intended_use=intended_use, licence=licence, files=files,
+                    size_bytes=sum((partial / f).stat().st_size for f in files),
+                    peft_type=str(config.get("peft_type")), mixable=mixable, views=views)
+                write_json(partial / CARD, card.to_json())
+        except BaseException:
+            _remove_empty(made)  # a failed add leaves the store as it was
+            raise
         return card
 
     def list(self) -> list[AdapterCard]:
@@ -150,14 +162,23 @@ class AdapterStore:
             folder.parent.rmdir()  # the name's folder, once its last version is gone
         return card
 
-    def export(self, archive_path: Path, refs: list[str] | None = None) -> Path:
-        """Write `refs` (default: every adapter), checked, with their cards into one tar."""
+    def export(self, archive_path: Path, refs: list[str] | None = None, *,
+               overwrite: bool = False) -> Path:
+        """Write `refs` (default: every adapter), checked, with their cards into one tar; an
+        existing file is replaced only with `overwrite`."""
+        archive_path = Path(archive_path)
+        if archive_path.exists() and not overwrite:
+            raise AdapterExistsError(f"{archive_path} already exists; pass --overwrite to "
+                                     "replace it, or name another archive")
+        if self.root.resolve() in archive_path.resolve().parents:
+            raise AdapterError(f"{archive_path} is inside the store {self.root}; write the "
+                               "archive elsewhere")
         chosen = [self.card(ref).ref for ref in refs] if refs else [c.ref for c in self.list()]
         if not chosen:
             raise AdapterError(f"the store {self.root} is empty; nothing to export")
         folders = {ref: self.path(ref) for ref in dict.fromkeys(chosen)}
-        archive.write(Path(archive_path), folders)
-        return Path(archive_path)
+        archive.write(archive_path, folders, replace=overwrite)
+        return archive_path
 
     def import_archive(self, archive_path: Path, *,
                        overwrite: bool = False) -> list[AdapterCard]:
@@ -165,6 +186,7 @@ class AdapterStore:
         before any is published. An existing name@version with the same content is left as
         it is (not returned); with other content it is refused unless `overwrite`. Returns
         the cards written."""
+        self._check_root()
         made_root = not self.root.exists()
         staging = self.root / f".import-{os.getpid()}-{secrets.token_hex(4)}"
         try:
@@ -189,8 +211,7 @@ class AdapterStore:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
             if made_root:
-                with contextlib.suppress(OSError):  # a refused archive leaves no trace
-                    self.root.rmdir()
+                _remove_empty([self.root])  # a refused archive leaves no trace
 
     def _same(self, ref: str, folder: Path) -> bool:
         """Whether the store holds `ref` with exactly these card bytes and files."""
@@ -204,6 +225,20 @@ class AdapterStore:
         except AdapterIntegrityError:
             return False
         return True
+
+    def _check_root(self) -> None:
+        """Refuse to write into a folder that holds anything but adapters: a store is an empty
+        folder or one this class filled, so a mistyped --store never scatters adapters among a
+        person's files."""
+        if not self.root.is_dir():
+            return
+        foreign = sorted(p.name for p in self.root.iterdir()
+                         if not (p.is_dir() and NAME.fullmatch(p.name))
+                         and not p.name.startswith(".import-"))
+        if foreign:
+            raise AdapterError(f"{self.root} holds files that are not adapters ({foreign[0]}); "
+                               "a store is an empty folder or an adapter store: choose "
+                               "another --store")
 
     def _next_version(self, name: str) -> str:
         numbers = [int(v.name) for v in self._versions(name) if v.name.isdigit()]
@@ -258,6 +293,30 @@ def check_files(folder: Path, files: dict[str, str], what: str) -> None:
     extra = sorted({p.as_posix() for p in sources.adapter_files(folder)} - set(files))
     if extra:
         raise AdapterIntegrityError(f"{what}: file {extra[0]} was added; it is not in the card")
+
+
+def _inside(path: object) -> bool:
+    """A relative path that stays inside its folder (and is not the card)."""
+    return (isinstance(path, str) and path != CARD and not path.startswith("/")
+            and "\\" not in path and all(p not in ("", ".", "..") for p in path.split("/")))
+
+
+def _copy_files(source: Path, target: Path) -> dict[str, str]:
+    """Copy every adapter file of `source` into `target`: relative path -> sha256 (of the
+    copy: what the store holds is what its card describes)."""
+    files = {}
+    for relative in sources.adapter_files(source):
+        (target / relative).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source / relative, target / relative)
+        files[relative.as_posix()] = sources.sha256_file(target / relative)
+    return files
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove those of `folders` (outermost first) that are empty, innermost first."""
+    for folder in reversed(folders):
+        with contextlib.suppress(OSError):
+            folder.rmdir()
 
 
 def _read_json(path: Path) -> Any:

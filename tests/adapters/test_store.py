@@ -115,6 +115,13 @@ def test_an_adapter_without_its_base_record_is_refused(made, tmp_path):
     assert not (tmp_path / "store").exists()
 
 
+def test_metrics_of_another_adapter_are_refused(run, made, tmp_path):
+    with pytest.raises(AdapterError, match="metrics.json: these metrics are of .*run/adapter, "
+                                           "whose weights differ"):
+        AdapterStore(tmp_path / "store").add(made["lora"], "chest", metrics=run["eval"])
+    assert not (tmp_path / "store").exists()
+
+
 def test_a_missing_data_file_is_said_in_the_card(run, tmp_path):
     copy = tmp_path / "run"
     shutil.copytree(run["run"], copy)
@@ -266,6 +273,28 @@ def test_export_then_import_gives_the_same_cards_byte_for_byte(made, tmp_path):
         assert {m.name.split("/")[0] for m in tar.getmembers()} == {"adapters.json", "lora"}
 
 
+def test_a_folder_of_other_files_is_no_store_and_an_archive_is_not_replaced(made, tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("the user's own file")
+    with pytest.raises(AdapterError, match=r"mine holds files that are not adapters \(notes"):
+        AdapterStore(mine).add(made["lora"], "chest")
+    store = AdapterStore(tmp_path / "store")
+    store.add(made["lora"], "chest")
+    archive = store.export(tmp_path / "chest.tar")
+    with pytest.raises(AdapterError, match="holds files that are not adapters"):
+        AdapterStore(mine).import_archive(archive)
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+    (tmp_path / "chest.tar").write_text("the user's file")
+    with pytest.raises(AdapterExistsError, match="chest.tar already exists; pass --overwrite"):
+        store.export(archive)
+    assert archive.read_text() == "the user's file"
+    assert tarfile.is_tarfile(store.export(archive, overwrite=True))
+    with pytest.raises(AdapterError, match="is inside the store"):
+        store.export(tmp_path / "store" / "chest.tar")
+    assert [c.ref for c in store.list()] == ["chest@1"] and store.path("chest")
+
+
 def test_an_existing_version_with_other_content_needs_overwrite(made, tmp_path):
     first, second = AdapterStore(tmp_path / "first"), AdapterStore(tmp_path / "second")
     first.add(made["lora"], "chest")
@@ -335,6 +364,17 @@ def test_a_changed_file_in_an_archive_is_named_and_nothing_imported(made, tmp_pa
                                                     "changed"):
         target.import_archive(archive)
     assert not (tmp_path / "target").exists()  # chest@1 was fine, and is not there either
+    outside = next(m for m in members if m[0].name == "chest/1/card.json")
+    card = json.loads(outside[1])
+    card["files"]["../../outside.txt"] = card["files"]["README.md"]
+    members = [(m, json.dumps(card).encode() if m is outside[0] else data)
+               for m, data in members if not m.name.startswith("dora/")]
+    members[0] = (members[0][0], json.dumps({"format": "domainvlm-adapters",
+                                             "adapters": ["chest@1"]}).encode())
+    (tmp_path / "outside.txt").write_bytes((made["lora"] / "README.md").read_bytes())
+    with pytest.raises(AdapterIntegrityError, match="files must be paths inside the adapter"):
+        target.import_archive(_archive(tmp_path / "outside.tar", members))
+    assert not (tmp_path / "target").exists()
     with pytest.raises(AdapterError, match="not an adapter archive"):
         target.import_archive(_archive(tmp_path / "plain.tar", [_file("chest/1/card.json")]))
     (tmp_path / "text.tar").write_text("not a tar")
@@ -359,6 +399,11 @@ def test_cli_add_list_show_export_import_rm(run, made, tmp_path, capsys, monkeyp
         "note: proj@1 is answered in batches of its own: it trains "
         "model.multi_modal_projector in full (modules_to_save)",
         f"wrote {store / 'proj' / '1'} (proj@1)"]
+    code, out, _ = run_cli(capsys, monkeypatch, "adapters", "add", made["dora"], "dora")
+    assert code == 0 and out.splitlines()[0] == ("note: dora@1 is answered in batches of its "
+                                                 "own: a DoRA adapter (PEFT cannot batch DoRA "
+                                                 "with other adapters)")
+    run_cli(capsys, monkeypatch, "adapters", "rm", "dora@1")
 
     code, out, _ = run_cli(capsys, monkeypatch, "adapters", "list")
     cards = {c.ref: c for c in AdapterStore(store).list()}
