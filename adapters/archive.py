@@ -87,14 +87,20 @@ def _check_member(path: Path, member: tarfile.TarInfo, staging: Path,
     try:
         tarfile.data_filter(member, str(staging))
     except tarfile.FilterError as exc:
-        raise AdapterError(f"{path}: member {name!r} refused ({type(exc).__name__}); "
-                           "nothing imported") from None
+        raise AdapterError(f"{path}: member {name!r} is unsafe to unpack "
+                           f"({type(exc).__name__}); refused, nothing imported") from None
     if member.isfile():
         if name in seen or (parts != (MANIFEST,) and len(parts) < 3):
             raise AdapterError(f"{path}: member {name!r} is repeated or outside a "
                                "<name>/<version>/ folder; refused, nothing imported")
         seen.add(name)
     return parts
+
+
+def listed(path: Path) -> list[str]:
+    """The refs an archive says it holds (its adapters.json)."""
+    with tarfile.open(path, mode="r:*") as tar:
+        return _manifest(path, tar)
 
 
 def _manifest(path: Path, tar: tarfile.TarFile) -> list[str]:

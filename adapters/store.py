@@ -165,7 +165,7 @@ class AdapterStore:
         before any is published. An existing name@version with the same content is left as
         it is (not returned); with other content it is refused unless `overwrite`. Returns
         the cards written."""
-        self.root.mkdir(parents=True, exist_ok=True)
+        made_root = not self.root.exists()
         staging = self.root / f".import-{os.getpid()}-{secrets.token_hex(4)}"
         try:
             unpacked = archive.unpack(Path(archive_path), staging)
@@ -188,6 +188,9 @@ class AdapterStore:
             return [cards[ref] for ref in new]
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+            if made_root:
+                with contextlib.suppress(OSError):  # a refused archive leaves no trace
+                    self.root.rmdir()
 
     def _same(self, ref: str, folder: Path) -> bool:
         """Whether the store holds `ref` with exactly these card bytes and files."""
