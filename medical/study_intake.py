@@ -80,11 +80,12 @@ def incoming_dir(data_dir: Path) -> Path:
 
 
 def clear_incoming(data_dir: Path) -> None:
-    """Remove raw folders a killed process left behind (they hold patient data)."""
+    """Make the (private) incoming folder; remove raw folders a killed process left in it
+    (they hold patient data)."""
     incoming = incoming_dir(data_dir)
-    if incoming.is_dir():
-        for leftover in incoming.iterdir():
-            shutil.rmtree(leftover, ignore_errors=True)
+    incoming.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for leftover in incoming.iterdir():
+        shutil.rmtree(leftover, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------- upload
