@@ -22,7 +22,6 @@ from domainvlm.adapters.service import db, keys
 from domainvlm.adapters.service.keys_cli import keys_app
 from domainvlm.errors import ConfigError
 
-
 # A replica's start: import everything, wait for the common start time, upgrade.
 REPLICA = """
 import sys, time
