@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from stocked import KINDS, images, stock
+from stocked import KINDS, images
 
 import domainvlm
 from domainvlm.adapters.errors import AdapterIntegrityError, AdapterNotFound
@@ -19,11 +19,6 @@ from domainvlm.errors import BaseMismatchError
 
 TOKENS = 6
 QUESTIONS = ["What is shown?", "Is there a nodule?", "Which side?"]
-
-
-@pytest.fixture(scope="module")
-def world(tiny_models, tmp_path_factory):
-    return stock(tmp_path_factory.mktemp("runtime"), tiny_models("llava"))
 
 
 @pytest.fixture(scope="module")
