@@ -21,7 +21,8 @@ text in their pixels), `labels` + `sources` + `vqa` + `splits` (labelled studies
 split by patient), `pacs` + `orthanc` (DICOMweb), `sr` (answers as DICOM SR), `phantom` +
 `cohort` + `ct_writer` + `cohort_questions` (the synthetic CT cohort), `image_reader` (scans
 for `domainvlm ask`), `monai_reader` (a MONAI `ImageReader` over `series`), `cli`
-(`domainvlm dicom ...`).
+(`domainvlm dicom ...`), `service` with `study_intake`, `study_views` and `study_schemas` (the
+study routes of `domainvlm serve`).
 
 The names are loaded on first use, so importing the package costs nothing.
 """
