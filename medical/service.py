@@ -316,12 +316,13 @@ async def ask_study(study_id: StudyId, request: Request,
                                 body.max_new_tokens, study_id=study_id,
                                 series_uid=shown.series_uid, view=shown.view)
     request.state.adapter = given.adapter
-    timings = {"render_ms": round((rendered - started) * 1000, 2), **given.timings}
     sr_uids: list[str | None] = [None] * len(given.ids)
     if pacs is not None:
         sr_uids = await run_in_threadpool(_write_sr, svc, pacs, svc.settings.data_dir /
                                           row["folder"], shown, body.questions, given)
-        timings["total_ms"] = round((time.perf_counter() - started) * 1000, 2)
+    # total_ms: the whole request (rendering, the model and any SR), not the model's share
+    timings = {**given.timings, "render_ms": round((rendered - started) * 1000, 2),
+               "total_ms": round((time.perf_counter() - started) * 1000, 2)}
     return StudyAnswers(
         answers=[StudyAnswer(id=i, question=q, answer=a, sr_uid=uid) for i, q, a, uid in
                  zip(given.ids, body.questions, given.answers, sr_uids, strict=True)],
