@@ -49,7 +49,13 @@ StudyId = Annotated[str, PathParam(pattern=r"^[0-9a-f]{32}$", description="The s
 
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    import warnings
+
     intake.clear_incoming(app.state.service.settings.data_dir)
+    # highdicom quotes a single-part PatientName (our pseudonyms) in this warning; a patient's
+    # name, even pseudonymous, never goes to the log.
+    warnings.filterwarnings("ignore", message=r"The string .* is unlikely to represent the "
+                            "intended person name", category=UserWarning)
     yield
 
 

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "adapters"))
 from factory import make_adapter  # noqa: E402
 
 from domainvlm.medical.ct_writer import SeriesSpec, write_ct_series  # noqa: E402
-from domainvlm.medical.deid import remap_uid  # noqa: E402
+from domainvlm.medical.deid import patient_key, pseudonym, remap_uid  # noqa: E402
 from domainvlm.medical.keys import read_key_file, write_key_file  # noqa: E402
 from domainvlm.medical.orthanc import LocalOrthanc  # noqa: E402
 from domainvlm.medical.pacs import PacsClient  # noqa: E402
@@ -290,6 +290,10 @@ def test_no_planted_patient_data_in_any_byte_the_server_wrote(world, done):
         text = path.read_bytes().lower()
         leaked = [needle for needle in NEEDLES if needle.encode() in text]
         assert not leaked, f"{path.relative_to(world['root'])}: {leaked}"
+    # The log names no patient at all, not even by the pseudonym the stored files carry.
+    first = pydicom.dcmread(world["series"][0][0], stop_before_pixels=True)
+    alias = pseudonym(patient_key(first), world["key"])
+    assert alias.encode() not in world["server"].log.read_bytes()
 
 
 def test_without_a_project_key_or_a_pacs_no_study_is_taken(tmp_path):
