@@ -87,7 +87,7 @@ def test_a_graceful_stop_answers_the_requests_in_flight(tls_server, shapes_data)
 
     server, cert = tls_server
     row = json.loads(shapes_data["eval"].read_text().splitlines()[0])
-    image = shapes_data["eval"].parent / row["images"][0]
+    image = shapes_data["eval"].parent / row["image"]
     client = Client(server.url, verify=str(cert))
     client.vqa(image, "Describe the image.", max_new_tokens=4)  # warm
     finished: list[float] = []
