@@ -3,6 +3,7 @@ graceful stop that answers what is in flight."""
 
 from __future__ import annotations
 
+import signal
 import socket
 import ssl
 import subprocess
@@ -105,7 +106,9 @@ def test_a_graceful_stop_answers_the_requests_in_flight(tls_server, shapes_data)
         thread.start()
     time.sleep(0.5)
     stopped_at = time.monotonic()
-    assert stop(server) == 0
+    # uvicorn shuts down on SIGTERM, then re-raises it: the exit says which signal ended it
+    assert stop(server) in (0, -signal.SIGTERM)
+    assert "Application shutdown complete" in server.log_text()
     for thread in asking:
         thread.join(60)
     assert errors == [] and len(finished) == 6
