@@ -77,6 +77,13 @@ function facts(list, pairs) {
 const describe = (object) => object ? Object.entries(object)
   .map(([k, v]) => `${k} ${typeof v === "object" ? JSON.stringify(v) : v}`).join(", ") : "";
 
+// The numbers of `domainvlm eval`'s metrics.json, one level deep ("vqa accuracy"), by
+// category left out: a card line, not a report.
+const scores = (metrics) => Object.entries(metrics || {}).flatMap(([k, v]) =>
+  typeof v === "number" ? [[k, v]] : v && typeof v === "object" && k !== "by_category"
+    ? Object.entries(v).filter(([, x]) => typeof x === "number").map(([j, x]) => [`${k} ${j}`, x])
+    : []);
+
 const number = (v) => typeof v === "number" ? +v.toFixed(4) : v;
 
 const timings = (t) => t ? `model ${Math.round(t.model_ms)} ms, queue ${Math.round(t.queue_ms)}`
@@ -141,8 +148,7 @@ async function loadAdapters() {
 function showCard() {
   const card = state.adapters.get($("adapter").value);
   if (!card) { facts($("card"), [["", "The base model alone, no adapter."]]); return; }
-  const metrics = card.metrics && Object.entries(card.metrics)
-    .filter(([, v]) => typeof v !== "object").map(([k, v]) => `${k} ${number(v)}`).join(", ");
+  const metrics = scores(card.metrics).map(([k, v]) => `${k} ${number(v)}`).join(", ");
   facts($("card"), [
     ["intended use", card.intended_use || "not stated"], ["metrics", metrics || "none recorded"],
     ["licence", card.licence], ["created", card.created && card.created.slice(0, 10)],
