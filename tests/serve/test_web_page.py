@@ -63,11 +63,12 @@ def browser():
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1280,800",
-                 "--disable-dev-shm-usage"):
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
         options.add_argument(flag)
     driver = webdriver.Chrome(options=options, service=ChromeService(DRIVER))
-    driver.set_window_size(1280, 800)
+    # The viewport itself at 1280x800 (a window of that size has a smaller viewport).
+    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
+        "width": 1280, "height": 800, "deviceScaleFactor": 1, "mobile": False})
     yield driver
     driver.quit()
 

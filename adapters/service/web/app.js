@@ -138,8 +138,7 @@ async function loadAdapters() {
   state.adapters = new Map(body.adapters.map((card) => [`${card.name}@${card.version}`, card]));
   select.replaceChildren(el("option", { value: "base", text: `base (${baseName(body.base)})` }));
   for (const [ref, card] of state.adapters) {
-    const use = card.intended_use ? `: ${card.intended_use.slice(0, 60)}` : "";
-    select.append(el("option", { value: ref, text: ref + use }));
+    select.append(el("option", { value: ref, text: ref }));
   }
   select.value = state.adapters.has(kept) ? kept : "base";
   showCard();
@@ -165,8 +164,8 @@ async function loadStudies() {
   list.replaceChildren();
   if (!studies.length) list.append(el("li", { class: "note", text: "none yet" }));
   for (const study of studies) {
-    const label = `${study.modality || "?"} · ${study.series.length} series · `
-      + `${study.instances} images · ${(study.created || "").slice(0, 16).replace("T", " ")}`;
+    const label = `${study.modality || "?"} · ${study.instances} images · `
+      + (study.created || "").slice(0, 16).replace("T", " ");
     const button = el("button", { type: "button", "data-study": study.id,
       "aria-pressed": String(state.study?.id === study.id), text: label,
       onclick: () => busy(button, () => openStudy(study)) });
