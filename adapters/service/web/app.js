@@ -5,7 +5,9 @@
 
 const KEY = "domainvlm.key";
 const $ = (id) => document.getElementById(id);
-const state = { adapters: new Map(), study: null, pacs: [], blobs: [], viewTicket: 0, previews: [] };
+const state = {
+  adapters: new Map(), study: null, series: null, pacs: [], blobs: [], viewTicket: 0, previews: [],
+};
 
 // ---- HTTP ----------------------------------------------------------------------------
 
@@ -86,8 +88,11 @@ const scores = (metrics) => Object.entries(metrics || {}).flatMap(([k, v]) =>
 
 const number = (v) => typeof v === "number" ? +v.toFixed(4) : v;
 
-const timings = (t) => t ? `model ${Math.round(t.model_ms)} ms, queue ${Math.round(t.queue_ms)}`
-  + ` ms, total ${Math.round(t.total_ms)} ms` : "";
+// "render 80 ms, queue 2 ms, model 410 ms, total 495 ms" from {render_ms, queue_ms, ...}.
+const timings = (t) => Object.entries(t || {})
+  .map(([k, v]) => `${k.replace(/_ms$/, "")} ${Math.round(v)} ms`).join(", ");
+
+const VIEW_FROM = { adapter: "as the adapter was trained", default: "the default view" };
 
 const baseName = (base) => typeof base === "string" ? base : base && (base.source || describe(base));
 
@@ -185,6 +190,7 @@ async function loadPacs() {
 
 async function openStudy(study) {
   state.study = study;
+  state.series = null;
   for (const b of $("studies").querySelectorAll("button")) {
     b.setAttribute("aria-pressed", String(b.dataset.study === study.id));
   }
@@ -201,21 +207,28 @@ async function loadViews() {
   if (!state.study) return;
   const views = $("views");
   views.setAttribute("aria-busy", "true");
-  const query = new URLSearchParams({ adapter: $("adapter").value, series: $("series").value });
+  // No series until the clinician picks one: the server shows the first with a volume.
+  const query = new URLSearchParams({ adapter: $("adapter").value });
+  if (state.series) query.set("series", state.series);
   const ticket = ++state.viewTicket;  // a later choice of adapter or series wins
-  const body = await getJson(`/v1/studies/${state.study.id}/views?${query}`);
-  $("view-from").textContent = `(${describe(body.view)}; from ${
-    body.view_from === "adapter" ? "the adapter's training data" : "the default"})`;
-  // <img src> cannot send the key: fetch each PNG and show it from a blob URL.
-  const blobs = await Promise.all(body.images.map(async (image) =>
-    URL.createObjectURL(await (await api(image.url)).blob())));
-  if (ticket !== state.viewTicket) { blobs.forEach((b) => URL.revokeObjectURL(b)); return; }
-  state.blobs.forEach((b) => URL.revokeObjectURL(b));
-  state.blobs = blobs;
-  views.replaceChildren(...body.images.map((image, i) => el("figure", {},
-    el("img", { src: blobs[i], alt: image.description || `view ${image.index + 1}` }),
-    el("figcaption", { text: image.description || `view ${image.index + 1}` }))));
-  views.setAttribute("aria-busy", "false");
+  try {
+    const body = await getJson(`/v1/studies/${state.study.id}/views?${query}`);
+    // <img src> cannot send the key: fetch each PNG and show it from a blob URL.
+    const blobs = await Promise.all(body.images.map(async (image) =>
+      URL.createObjectURL(await (await api(image.url)).blob())));
+    if (ticket !== state.viewTicket) { blobs.forEach((b) => URL.revokeObjectURL(b)); return; }
+    state.blobs.forEach((b) => URL.revokeObjectURL(b));
+    state.blobs = blobs;
+    $("series").value = body.series_uid;
+    $("view-from").textContent = `(${describe(body.view) || "default"}; ${
+      VIEW_FROM[body.view_from] || body.view_from})`;
+    $("views-description").textContent = body.description || "";
+    views.replaceChildren(...body.images.map((image, i) => el("figure", {},
+      el("img", { src: blobs[i], alt: image.description || `view ${image.index + 1}` }),
+      el("figcaption", { text: image.description || `view ${image.index + 1}` }))));
+  } finally {
+    if (ticket === state.viewTicket) views.setAttribute("aria-busy", "false");
+  }
 }
 
 async function upload(event) {
@@ -313,7 +326,10 @@ document.addEventListener("DOMContentLoaded", () => {
     tab.addEventListener("keydown", tabKeys);
   }
   $("adapter").addEventListener("change", () => { showCard(); busy(null, loadViews); });
-  $("series").addEventListener("change", () => busy(null, loadViews));
+  $("series").addEventListener("change", () => {
+    state.series = $("series").value;
+    busy(null, loadViews);
+  });
   $("upload-form").addEventListener("submit", upload);
   $("pacs-form").addEventListener("submit", importPacs);
   $("delete-study").addEventListener("click", deleteStudy);
