@@ -134,6 +134,18 @@ def read_record(adapter: Path) -> BaseIdentity | None:
                         weights=data.get("weights"))
 
 
+def mismatch(recorded: BaseIdentity, actual: BaseIdentity) -> str | None:
+    """How `actual` differs from the base an adapter recorded, in words; None if it is that
+    base (or the difference cannot be told: a fingerprint is missing)."""
+    if recorded.model_type != actual.model_type or (
+            recorded.architectures and actual.architectures
+            and recorded.architectures != actual.architectures):
+        return "another architecture"
+    if recorded.weights and actual.weights and recorded.weights != actual.weights:
+        return "the same architecture with other weights"
+    return None
+
+
 def check_base(adapter: Path, base: str, *, ignore_mismatch: bool = False) -> None:
     """Refuse to open `adapter` on `base` unless it is the model the adapter was trained on
     (same architecture, same weights); with `ignore_mismatch`, warn and go on. Adapters
@@ -145,13 +157,8 @@ def check_base(adapter: Path, base: str, *, ignore_mismatch: bool = False) -> No
                     adapter, base)
         return
     actual = identify(base)
-    if recorded.model_type != actual.model_type or (
-            recorded.architectures and actual.architectures
-            and recorded.architectures != actual.architectures):
-        what = "another architecture"
-    elif recorded.weights and actual.weights and recorded.weights != actual.weights:
-        what = "the same architecture with other weights"
-    else:
+    what = mismatch(recorded, actual)
+    if what is None:
         return
     message = (f"adapter {adapter} was trained on {recorded.describe()}, but the base given "
                f"is {actual.describe()}: {what}")

@@ -71,10 +71,16 @@ def world(tiny_models, shapes_data, tmp_path_factory) -> dict[str, Path]:
     rad = root / "rad.json"
     rad.write_text(json.dumps([{"image_name": f"synpic{i}.jpg", "question": "Is there a mass?",
                                 "answer": "no", "answer_type": "CLOSED"} for i in range(4)]))
+    from domainvlm.adapters.store import AdapterStore
+
+    store = AdapterStore(root / "store")
+    store.add(adapter, "shapes")
+    archive = store.export(root / "adapters.tar")
     return {"model": model, "adapter": adapter, "data": shapes_data["train"],
             "held_out": shapes_data["eval"],
             "cohort": root / "cohort", "series": root / "cohort" / "patient-0000",
-            "labels": labels, "rad": rad, "cache": root / "cache"}
+            "labels": labels, "rad": rad, "cache": root / "cache", "store": store.root,
+            "archive": archive}
 
 
 # Command -> arguments that write OUTPUT (a folder; "{out}/file.out" for commands that write a
@@ -97,8 +103,12 @@ WRITERS = {
     "dicom import-vqa": (["dicom", "import-vqa", "{rad}", "{out}"], False),
     "dicom render": (["dicom", "render", "{series}", "{out}/file.out"], True),
     "dicom keygen": (["dicom", "keygen", "{out}/file.out"], False),
+    "adapters add": (["adapters", "add", "{adapter}", "chest", "--store", "{out}"], False),
+    "adapters import": (["adapters", "import", "{archive}", "--store", "{out}"], True),
+    "adapters export": (["adapters", "export", "{out}/file.out", "--store", "{store}"], True),
 }
-READERS = {"info", "nano path", "dicom info", "ask"}  # commands that write nothing
+READERS = {"info", "nano path", "dicom info", "ask", "adapters list", "adapters show"}
+REMOVERS = {"adapters rm"}  # deletes what it is told: tests/adapters/test_store.py
 CACHE_WRITERS = {"nano pretrain"}  # writes only into domainvlm's own cache
 
 
@@ -114,7 +124,8 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 
 
 def test_the_tables_cover_every_command():
-    assert leaf_commands() == set(WRITERS) | READERS | CACHE_WRITERS | set(c[0] for c in DOMAIN)
+    assert leaf_commands() == (set(WRITERS) | READERS | CACHE_WRITERS | REMOVERS
+                               | set(c[0] for c in DOMAIN))
 
 
 # What a command that writes prints last: where, and (optionally) what, e.g.
@@ -124,7 +135,7 @@ SAID_ELSEWHERE = {"demo": "tests/medical/test_demo.py"}  # minutes to run: check
 FAST = {"dicom build-vqa": ["--strategy", "slices", "--count", "1"]}  # later options win
 
 
-@pytest.mark.parametrize("command", sorted(leaf_commands() - READERS))
+@pytest.mark.parametrize("command", sorted(leaf_commands() - READERS - REMOVERS))
 def test_every_command_that_writes_ends_by_saying_where(command, world, tmp_path, capsys,
                                                         monkeypatch, request):
     """A command not listed in READERS writes; its last line of output names what it wrote,
@@ -244,6 +255,8 @@ DOMAIN = [
     ("dicom import-vqa", ["{rad}", "{tmp}/o", "--split", "1,0,0.5"], r"sum to 1"),
     ("dicom render", ["{series}", "{tmp}/o.png", "--strategy", "spiral"],
      r"strategy must be one of"),
+    ("adapters add", ["{adapter}", "Chest", "--store", "{tmp}/o"], r"name 'Chest': use 1-64"),
+    ("adapters rm", ["shapes", "--store", "{store}"], r"name the version to remove"),
 ]
 
 

@@ -16,13 +16,18 @@ from domainvlm.models.vision_cache import TowerMemo
 def generate_answers(model: Any, fmt: PromptFormat, records: list[Record], *,
                      batch_size: int = 8, max_new_tokens: int = 32,
                      progress: Callable[[int], None] | None = None,
-                     memo_bytes: float | None = 2 * 2**30) -> list[str]:
+                     memo_bytes: float | None = 2 * 2**30,
+                     adapter_names: list[str] | None = None) -> list[str]:
     """Greedy answers for `records`, in order. Prompts are left-padded so batches decode.
 
     Nothing trains here, so where the family allows it the vision tower runs once per distinct
     image, not once per question (a VQA set asks several about each scan); `memo_bytes` caps
-    what is kept (None: the tower runs every time).
+    what is kept (None: the tower runs every time). `adapter_names` (one per record, a PEFT
+    adapter name or "__base__") answers each record with its own adapter of a multi-adapter
+    PeftModel, in the same batches (PEFT's mixed-batch inference).
     """
+    if adapter_names is not None and len(adapter_names) != len(records):
+        raise ValueError(f"{len(adapter_names)} adapter names for {len(records)} records")
     tokenizer = fmt.processor.tokenizer
     side, tokenizer.padding_side = tokenizer.padding_side, "left"
     model.eval()
@@ -33,7 +38,8 @@ def generate_answers(model: Any, fmt: PromptFormat, records: list[Record], *,
         with memo:
             for start in range(0, len(records), batch_size):
                 chunk = records[start:start + batch_size]
-                answers += _answer_batch(model, fmt, chunk, max_new_tokens)
+                names = adapter_names[start:start + batch_size] if adapter_names else None
+                answers += _answer_batch(model, fmt, chunk, max_new_tokens, names)
                 if progress is not None:
                     progress(len(chunk))
     finally:
@@ -41,8 +47,8 @@ def generate_answers(model: Any, fmt: PromptFormat, records: list[Record], *,
     return answers
 
 
-def _answer_batch(model: Any, fmt: PromptFormat, chunk: list[Record],
-                  max_new_tokens: int) -> list[str]:
+def _answer_batch(model: Any, fmt: PromptFormat, chunk: list[Record], max_new_tokens: int,
+                  adapter_names: list[str] | None) -> list[str]:
     import torch
 
     tokenizer = fmt.processor.tokenizer
@@ -50,8 +56,9 @@ def _answer_batch(model: Any, fmt: PromptFormat, chunk: list[Record],
     prompts = [fmt.prompt(r.question, len(imgs)) for r, imgs in zip(chunk, images, strict=True)]
     inputs = fmt.processor(**fmt.processor_inputs(prompts, images), padding=True,
                            return_tensors="pt").to(model.device)
+    mixed = {} if adapter_names is None else {"adapter_names": adapter_names}
     with torch.no_grad():
-        out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
+        out = model.generate(**inputs, **mixed, max_new_tokens=max_new_tokens, do_sample=False,
                              eos_token_id=[fmt.end_of_turn_id, tokenizer.eos_token_id],
                              pad_token_id=tokenizer.pad_token_id)
     new = out[:, inputs["input_ids"].shape[1]:]

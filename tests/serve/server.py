@@ -39,9 +39,10 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def running_server(args: list[str], data_dir: Path, *, env: dict[str, str] | None = None,
-                   ready_timeout: float = 180.0, wait_ready: bool = True) -> Iterator[Server]:
+                   ready_timeout: float = 180.0, wait_ready: bool = True,
+                   scheme: str = "http", ca: Path | None = None) -> Iterator[Server]:
     """`domainvlm serve ARGS --data-dir DATA_DIR --port FREE` until the block ends (SIGTERM,
-    then a kill after 60 s)."""
+    then a kill after 60 s). With TLS, `scheme="https"` and `ca` the certificate to trust."""
     port = free_port()
     data_dir.mkdir(parents=True, exist_ok=True)
     log = data_dir.parent / f"server-{port}.log"
@@ -51,9 +52,9 @@ def running_server(args: list[str], data_dir: Path, *, env: dict[str, str] | Non
                 **(env or {})}
     with open(log, "wb") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=full_env)
-    server = Server(f"http://127.0.0.1:{port}", process, log, data_dir)
+    server = Server(f"{scheme}://127.0.0.1:{port}", process, log, data_dir)
     try:
-        _wait(server, "/health/ready" if wait_ready else "/health", ready_timeout)
+        _wait(server, "/health/ready" if wait_ready else "/health", ready_timeout, ca)
         yield server
     finally:
         stop(server)
@@ -71,14 +72,15 @@ def stop(server: Server, timeout: float = 60.0) -> int:
     return server.process.returncode
 
 
-def _wait(server: Server, path: str, timeout: float) -> None:
+def _wait(server: Server, path: str, timeout: float, ca: Path | None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
             raise RuntimeError(f"server exited with {server.process.returncode}:\n"
                                f"{server.log_text()[-3000:]}")
         try:
-            if requests.get(server.url + path, timeout=2).status_code == 200:
+            reply = requests.get(server.url + path, timeout=2, verify=str(ca) if ca else True)
+            if reply.status_code == 200:
                 return
         except requests.RequestException:
             pass

@@ -1,0 +1,112 @@
+"""A served process's life: TLS, CORS when configured, a client leaving mid-upload, and a
+graceful stop that answers what is in flight."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+import requests
+from server import running_server, stop
+
+from domainvlm.client import Client
+
+
+def self_signed(folder: Path) -> tuple[Path, Path]:
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    return cert, key
+
+
+@pytest.fixture(scope="module")
+def tls_server(tiny_models, tmp_path_factory):
+    from domainvlm.medical.keys import write_key_file
+
+    root = tmp_path_factory.mktemp("lifecycle")
+    cert, key = self_signed(root)
+    project_key = root / "project.key"
+    write_key_file(project_key)
+    with running_server(["--model", str(tiny_models("llava")), "--tls-cert", str(cert),
+                         "--tls-key", str(key), "--cors-origin", "https://viewer.example",
+                         "--project-key-file", str(project_key)], root / "data",
+                        scheme="https", ca=cert) as server:
+        yield server, cert
+
+
+def test_tls_serves_https_only(tls_server) -> None:
+    server, cert = tls_server
+    assert Client(server.url, verify=str(cert)).health() == {"status": "ok"}
+    with pytest.raises(requests.exceptions.SSLError):
+        requests.get(server.url + "/health", timeout=10)  # an unknown certificate is refused
+    plain = server.url.replace("https://", "http://")
+    with pytest.raises(requests.exceptions.ConnectionError):
+        requests.get(plain + "/health", timeout=10)
+
+
+def test_cors_answers_only_the_configured_origin(tls_server) -> None:
+    server, cert = tls_server
+    ask = {"Access-Control-Request-Method": "POST"}
+    allowed = requests.options(server.url + "/v1/vqa", verify=str(cert), timeout=10,
+                               headers={"Origin": "https://viewer.example", **ask})
+    assert allowed.headers["access-control-allow-origin"] == "https://viewer.example"
+    other = requests.options(server.url + "/v1/vqa", verify=str(cert), timeout=10,
+                             headers={"Origin": "https://evil.example", **ask})
+    assert "access-control-allow-origin" not in other.headers
+
+
+def test_a_client_that_leaves_mid_upload_leaves_nothing_behind(tls_server) -> None:
+    server, cert = tls_server
+    before = sorted(p.relative_to(server.data_dir) for p in server.data_dir.rglob("*"))
+    boundary = "b0undary"
+    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; "
+            f"filename=\"part-1.dcm\"\r\nContent-Type: application/dicom\r\n\r\n").encode()
+    context = ssl.create_default_context(cafile=str(cert))
+    host, port = server.url.removeprefix("https://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as raw, \
+            context.wrap_socket(raw, server_hostname=host) as sock:
+        sock.sendall(f"POST /v1/studies HTTP/1.1\r\nHost: {host}\r\nContent-Type: "
+                     f"multipart/form-data; boundary={boundary}\r\nContent-Length: "
+                     f"{len(head) + 4_000_000}\r\n\r\n".encode() + head + b"\0" * 300_000)
+    requests.get(server.url + "/health", verify=str(cert), timeout=10)  # the server lives on
+    after = sorted(p.relative_to(server.data_dir) for p in server.data_dir.rglob("*"))
+    new = [p for p in after if p not in before and not p.name.startswith("serve.db")]
+    assert new == [], new
+    studies = Client(server.url, verify=str(cert)).studies()
+    assert studies == []
+
+
+def test_a_graceful_stop_answers_the_requests_in_flight(tls_server, shapes_data) -> None:
+    import json
+    import time
+
+    server, cert = tls_server
+    row = json.loads(shapes_data["eval"].read_text().splitlines()[0])
+    image = shapes_data["eval"].parent / row["images"][0]
+    client = Client(server.url, verify=str(cert))
+    client.vqa(image, "Describe the image.", max_new_tokens=4)  # warm
+    finished: list[float] = []
+    errors: list[Exception] = []
+
+    def ask() -> None:
+        try:
+            client.vqa(image, "Describe the image.", max_new_tokens=120)
+            finished.append(time.monotonic())
+        except Exception as err:  # noqa: BLE001 - reported by the assertion below
+            errors.append(err)
+
+    asking = [threading.Thread(target=ask) for _ in range(6)]
+    for thread in asking:
+        thread.start()
+    time.sleep(0.5)
+    stopped_at = time.monotonic()
+    assert stop(server) == 0
+    for thread in asking:
+        thread.join(60)
+    assert errors == [] and len(finished) == 6
+    assert max(finished) > stopped_at, "nothing was in flight when the stop began"
