@@ -34,6 +34,7 @@ class ReaderImages:
     images: list[Any]  # PIL images, in the order the model sees them
     description: str  # what they show, in words; never a patient attribute
     view: dict[str, Any] | None = None  # every view setting used; None: no view applied
+    captions: list[str] | None = None  # what each image shows, where the reader can say
 
 
 @dataclass(frozen=True)

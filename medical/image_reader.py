@@ -56,9 +56,9 @@ def read_dicom(path: Path, view: Mapping[str, Any]) -> ReaderImages | None:
     shown = render_views(volume, spec)
     count = volume.shape[0]
     head = f"DICOM {volume.modality} series of {count} slice{'s' if count != 1 else ''}: "
-    return ReaderImages([item.to_pil() for item in shown],
-                        head + "; ".join(item.description for item in shown),
-                        dataclasses.asdict(spec))
+    captions = [item.description for item in shown]
+    return ReaderImages([item.to_pil() for item in shown], head + "; ".join(captions),
+                        dataclasses.asdict(spec), captions)
 
 
 def view_spec(fields: Mapping[str, Any]) -> ViewSpec:
