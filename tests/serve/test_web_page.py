@@ -14,6 +14,7 @@ import shutil
 import sys
 from pathlib import Path
 
+import pydicom
 import pytest
 import requests
 
@@ -24,36 +25,47 @@ from server import running_server  # noqa: E402
 CHROMIUM, DRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 WEB = Path(__file__).parents[2] / "adapters" / "service" / "web"
 QUESTION = "Is there a lesion in the liver?"
+INTENDED_USE = "Questions about synthetic chest CT (tests only)"
+VIEW = {"strategy": "slices", "count": 3, "window": "composite", "image_size": 96}
 WAIT = 60  # seconds: a tiny model answers in well under one
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, tiny_models):
-    """The real server: a tiny LLaVA base, one adapter with a card, an API key and a project
-    key for de-identification."""
+    """The real server: a tiny LLaVA base, one adapter with a card and a recorded view, an API
+    key, a project key for de-identification and a real Orthanc as its PACS, which holds a
+    synthetic CT study."""
     from domainvlm.adapters.service import db, keys
     from domainvlm.adapters.store import AdapterStore
+    from domainvlm.data.views import write_views
     from domainvlm.medical.keys import write_key_file
+    from domainvlm.medical.orthanc import LocalOrthanc
+    from domainvlm.medical.pacs import PacsClient
 
     root = tmp_path_factory.mktemp("web")
     base = tiny_models("llava")
     adapter = make_adapter(base, root / "adapter")
+    write_views(adapter, VIEW)
     (root / "metrics.json").write_text('{"n": 40, "vqa": {"accuracy": 0.625}}')
     AdapterStore(root / "store").add(
-        adapter, "chest-ct", intended_use="Questions about synthetic chest CT (tests only)",
-        licence="CC0-1.0", metrics=root / "metrics.json")
+        adapter, "chest-ct", intended_use=INTENDED_USE, licence="CC0-1.0",
+        metrics=root / "metrics.json")
     data = root / "data"
     data.mkdir()
     url = f"sqlite:///{data / 'serve.db'}"
     db.upgrade(url)
-    with db.session_factory(db.engine_for(url))() as session:
+    with db.session_factory(db.engine_for(url))() as session, session.begin():
         api_key = keys.add_key(session, "clinician")
-        session.commit()
-    args = ["--model", str(base), "--store", str(root / "store"),
-            "--project-key-file", str(write_key_file(root / "project.key"))]
-    with running_server(args, data) as server:
-        server.key = api_key
-        yield server
+    in_pacs = _study_files(root / "in-pacs", index=1)
+    with LocalOrthanc(root / "orthanc") as orthanc:
+        PacsClient(orthanc.dicomweb_url).store([in_pacs[0].parent])
+        args = ["--model", str(base), "--store", str(root / "store"), "--pacs",
+                f"main={orthanc.dicomweb_url}", "--project-key-file",
+                str(write_key_file(root / "project.key"))]
+        with running_server(args, data) as server:
+            server.key, server.orthanc = api_key, orthanc
+            server.pacs_study = pydicom.dcmread(in_pacs[0]).StudyInstanceUID
+            yield server
 
 
 @pytest.fixture(scope="module")
@@ -73,11 +85,11 @@ def browser():
     driver.quit()
 
 
-def _study_files(folder: Path) -> list[Path]:
+def _study_files(folder: Path, index: int = 0) -> list[Path]:
     """A synthetic CT series with planted patient data (the server de-identifies it)."""
     from domainvlm.medical.cohort import write_patient
 
-    write_patient(folder, seed=3, index=0, shape=(8, 48, 48))
+    write_patient(folder, seed=3, index=index, shape=(8, 48, 48))
     return sorted(folder.rglob("*.dcm"))
 
 
@@ -112,6 +124,7 @@ def test_page_uses_no_external_url():
         assert "@import" not in text and "url(" not in text, path.name
 
 
+@pytest.mark.slow  # one server, Orthanc and Chromium for the module: ~35 s
 def test_clinician_asks_about_an_uploaded_study(served, browser, tmp_path):
     from selenium.webdriver.support.ui import Select
 
@@ -142,7 +155,7 @@ def test_clinician_asks_about_an_uploaded_study(served, browser, tmp_path):
 
     adapter.select_by_value("chest-ct@1")
     card = _by_id(browser, "card").text
-    assert "Questions about synthetic chest CT (tests only)" in card
+    assert INTENDED_USE in card
     assert "vqa accuracy 0.625" in card and "CC0-1.0" in card
     views = requests.get(f"{served.url}/v1/studies/{study['id']}/views",
                          params={"adapter": "chest-ct@1"}, headers=headers, timeout=30).json()
@@ -158,8 +171,7 @@ def test_clinician_asks_about_an_uploaded_study(served, browser, tmp_path):
     expected = requests.post(f"{served.url}/v1/studies/{study['id']}/ask", headers=headers,
                              json={"questions": [QUESTION], "adapter": "chest-ct@1"},
                              timeout=60).json()
-    answer = browser.find_element("css selector", "#answers .answer").text
-    assert answer == expected["answers"][0]["answer"].strip()
+    assert _shown_text(browser, "#answers .answer") == expected["answers"][0]["answer"]
     facts = _by_id(browser, "answer-facts").text
     assert "chest-ct@1" in facts and expected["description"] in facts
 
@@ -174,6 +186,7 @@ def test_clinician_asks_about_an_uploaded_study(served, browser, tmp_path):
         shutil.copyfile(shot, target)
 
 
+@pytest.mark.slow
 def test_image_tab_answers_as_the_api(served, browser, tmp_path):
     """The plain image tab sends the image, question and adapter as /v1/vqa takes them."""
     from PIL import Image
@@ -195,8 +208,53 @@ def test_image_tab_answers_as_the_api(served, browser, tmp_path):
             files={"image": ("scene.png", handle, "image/png")},
             data={"question": "What colour is the square?", "adapter": "chest-ct@1"},
             timeout=60).json()
-    assert _by_id(browser, "vqa-text").text == expected["answer"].strip()
+    assert _shown_text(browser, "#vqa-text") == expected["answer"]
     assert "chest-ct@1" in _by_id(browser, "vqa-facts").text
+
+
+@pytest.mark.slow
+def test_import_from_the_pacs_and_send_the_answer_back(served, browser):
+    """A study named by its UID comes in from the configured PACS; the answer asked with
+    "send to the PACS" is the one the SR in Orthanc holds."""
+    from selenium.webdriver.support.ui import Select
+
+    from domainvlm.medical.pacs import PacsClient
+    from domainvlm.medical.sr import read_sr_answer
+
+    browser.get(served.url + "/")
+    _wait(browser, lambda d: _by_id(d, "pacs-form").is_displayed(), "the PACS form")
+    assert [o.text for o in Select(_by_id(browser, "pacs-name")).options] == ["main"]
+    _by_id(browser, "pacs-uid").send_keys(served.pacs_study)
+    browser.find_element("css selector", "#pacs-form button").click()
+    headers = {"Authorization": f"Bearer {served.key}"}
+    _wait(browser, lambda d: len(d.find_elements("css selector", "#studies button")) == 2,
+          "the imported study in the list")
+    [imported] = [s for s in requests.get(served.url + "/v1/studies", headers=headers,
+                                          timeout=10).json() if s["source"] == "pacs"]
+    pressed = browser.find_element("css selector", '#studies [aria-pressed="true"]')
+    assert pressed.get_attribute("data-study") == imported["id"]
+    views = requests.get(f"{served.url}/v1/studies/{imported['id']}/views", headers=headers,
+                         timeout=30).json()
+    _wait(browser, lambda d: _loaded_views(d, len(views["images"])), "the imported views")
+
+    _by_id(browser, "write-sr").click()
+    _by_id(browser, "questions").send_keys(QUESTION)
+    _by_id(browser, "ask").click()
+    _wait(browser, lambda d: _by_id(d, "answer").is_displayed(), "the answer")
+    shown = _shown_text(browser, "#answers .answer")
+    note = browser.find_element("css selector", "#answers .note").text
+    sr_uid = note.rsplit(" ", 1)[-1]
+    pacs = PacsClient(served.orthanc.dicomweb_url)
+    [found] = [r for r in pacs.search_instances(imported["study_uid"]) if r.sop_uid == sr_uid]
+    report = read_sr_answer(pacs.retrieve_instance(found.study_uid, found.series_uid, sr_uid))
+    assert (report.question, report.answer) == (QUESTION, shown)
+
+
+def _shown_text(driver, selector: str) -> str:
+    """The text the page put in `selector`, character for character (WebElement.text is the
+    rendered text, with whitespace folded)."""
+    return driver.execute_script(
+        "return document.querySelector(arguments[0]).textContent", selector)
 
 
 def _loaded_views(driver, count: int) -> list[str] | None:

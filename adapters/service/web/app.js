@@ -94,7 +94,11 @@ const timings = (t) => Object.entries(t || {})
 
 const VIEW_FROM = { adapter: "as the adapter was trained", default: "the default view" };
 
-const baseName = (base) => typeof base === "string" ? base : base && (base.source || describe(base));
+// A base model by its folder's name (its full path is the server's business) or its hub id.
+const baseName = (base) => {
+  const source = typeof base === "string" ? base : base && base.source;
+  return source && /^[/.~]|\\/.test(source) ? source.split(/[/\\]/).filter(Boolean).pop() : source;
+};
 
 // ---- status, key, tabs ------------------------------------------------------------------
 
@@ -102,7 +106,8 @@ async function watchReady() {
   const response = await fetch("health/ready").catch(() => null);
   const body = response ? await response.json().catch(() => ({})) : {};
   if (response && response.ok) {
-    $("status").textContent = `ready · base ${body.base}`;
+    $("status").textContent = `ready · base ${baseName(body.base)}`;
+    $("status").title = body.base;
     await refresh();
   } else {
     $("status").textContent = body.detail || "the service does not answer; retrying…";
@@ -195,8 +200,8 @@ async function openStudy(study) {
     b.setAttribute("aria-pressed", String(b.dataset.study === study.id));
   }
   $("study-title").textContent = `${study.modality || ""} study ${study.id.slice(0, 8)}`;
-  $("series").replaceChildren(...study.series.map((s) => el("option", {
-    value: s.uid, text: `${s.description || "series"} (${s.modality}, ${s.instances} images)` })));
+  $("series").replaceChildren(...study.series.map((s, i) => el("option", {
+    value: s.uid, text: `${s.description || `series ${i + 1}`} (${s.modality}, ${s.instances} images)` })));
   $("study-none").hidden = true;
   $("study-work").hidden = false;
   $("answer").hidden = true;
@@ -222,7 +227,6 @@ async function loadViews() {
     $("series").value = body.series_uid;
     $("view-from").textContent = `(${describe(body.view) || "default"}; ${
       VIEW_FROM[body.view_from] || body.view_from})`;
-    $("views-description").textContent = body.description || "";
     views.replaceChildren(...body.images.map((image, i) => el("figure", {},
       el("img", { src: blobs[i], alt: image.description || `view ${image.index + 1}` }),
       el("figcaption", { text: image.description || `view ${image.index + 1}` }))));
