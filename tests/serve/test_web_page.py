@@ -116,6 +116,15 @@ def _use_key(driver, key: str) -> None:
     driver.find_element("css selector", "#key-form button").click()
 
 
+def _open_with_key(driver, served) -> None:
+    """The page, with the key given and the adapters listed."""
+    from selenium.webdriver.support.ui import Select
+
+    driver.get(served.url + "/")
+    _use_key(driver, served.key)
+    _wait(driver, lambda d: len(Select(_by_id(d, "adapter")).options) == 2, "the adapters")
+
+
 def test_page_uses_no_external_url():
     """Every file of the page names only the server it came from."""
     for path in WEB.iterdir():
@@ -194,8 +203,7 @@ def test_image_tab_answers_as_the_api(served, browser, tmp_path):
 
     image = tmp_path / "scene.png"
     Image.new("RGB", (64, 64), (200, 30, 30)).save(image)
-    browser.get(served.url + "/")  # the key stays in sessionStorage
-    _wait(browser, lambda d: len(Select(_by_id(d, "adapter")).options) == 2, "the adapters")
+    _open_with_key(browser, served)
     Select(_by_id(browser, "adapter")).select_by_value("chest-ct@1")
     _by_id(browser, "tab-image").click()
     _by_id(browser, "vqa-images").send_keys(str(image))
@@ -221,7 +229,7 @@ def test_import_from_the_pacs_and_send_the_answer_back(served, browser):
     from domainvlm.medical.pacs import PacsClient
     from domainvlm.medical.sr import read_sr_answer
 
-    browser.get(served.url + "/")
+    _open_with_key(browser, served)
     _wait(browser, lambda d: _by_id(d, "pacs-form").is_displayed(), "the PACS form")
     assert [o.text for o in Select(_by_id(browser, "pacs-name")).options] == ["main"]
     _by_id(browser, "pacs-uid").send_keys(served.pacs_study)
