@@ -3,7 +3,8 @@
 The browser does what a clinician does (key, upload, adapter, question); the oracle is the
 REST API asked the same thing by `requests`, and the browser's own list of what it fetched
 (nothing outside the server: the page must work offline in a hospital).
-Set DOMAINVLM_WEB_SCREENSHOT=PATH to also keep the screenshot there (docs/images/...).
+Run with DOMAINVLM_WEB_SCREENSHOT=docs/images/serve-web-page.png to refresh the README's copy
+(CI leaves it unset: the test writes only to its temp folder).
 """
 
 from __future__ import annotations
