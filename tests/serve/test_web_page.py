@@ -224,7 +224,7 @@ def test_image_tab_answers_as_the_api(served, browser, tmp_path):
 @pytest.mark.slow
 def test_import_from_the_pacs_and_send_the_answer_back(served, browser):
     """A study named by its UID comes in from the configured PACS; the answer asked with
-    "send to the PACS" is the one the SR in Orthanc holds."""
+    "send to the PACS" is the one the SR in Orthanc holds; then the study is deleted."""
     from selenium.webdriver.support.ui import Select
 
     from domainvlm.medical.pacs import PacsClient
@@ -257,6 +257,14 @@ def test_import_from_the_pacs_and_send_the_answer_back(served, browser):
     [found] = [r for r in pacs.search_instances(imported["study_uid"]) if r.sop_uid == sr_uid]
     report = read_sr_answer(pacs.retrieve_instance(found.study_uid, found.series_uid, sr_uid))
     assert (report.question, report.answer) == (QUESTION, shown)
+
+    _by_id(browser, "delete-study").click()
+    browser.switch_to.alert.accept()
+    _wait(browser, lambda d: len(d.find_elements("css selector", "#studies button")) == 1,
+          "the list without the deleted study")
+    gone = requests.get(f"{served.url}/v1/studies/{imported['id']}", headers=headers,
+                        timeout=10)
+    assert gone.status_code == 404 and not _by_id(browser, "study-work").is_displayed()
 
 
 def _shown_text(driver, selector: str) -> str:

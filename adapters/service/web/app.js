@@ -6,7 +6,7 @@
 const KEY = "domainvlm.key";
 const $ = (id) => document.getElementById(id);
 const state = {
-  adapters: new Map(), study: null, series: null, pacs: [], blobs: [], viewTicket: 0, previews: [],
+  adapters: new Map(), study: null, series: null, blobs: [], viewTicket: 0, previews: [],
 };
 
 // ---- HTTP ----------------------------------------------------------------------------
@@ -168,8 +168,8 @@ function showCard() {
 // ---- studies ---------------------------------------------------------------------------
 
 async function loadStudies() {
-  const body = await getJson("/v1/studies");
-  const studies = Array.isArray(body) ? body : body.studies;
+  const studies = await getJson("/v1/studies");
+  if (state.study && !studies.some((s) => s.id === state.study.id)) closeStudy();  // another key
   const list = $("studies");
   list.replaceChildren();
   if (!studies.length) list.append(el("li", { class: "note", text: "none yet" }));
@@ -185,12 +185,9 @@ async function loadStudies() {
 
 async function loadPacs() {
   // Which PACS the server may fetch from and write to (names only; URLs stay on the server).
-  try { state.pacs = (await getJson("/v1/studies/pacs")).pacs || []; } catch (error) {
-    if (error.status !== 404 && error.status !== 405) throw error;
-    state.pacs = [];
-  }
-  $("pacs-name").replaceChildren(...state.pacs.map((name) => el("option", { text: name })));
-  $("pacs-form").hidden = $("sr-label").hidden = !state.pacs.length;
+  const { pacs } = await getJson("/v1/studies/pacs");
+  $("pacs-name").replaceChildren(...pacs.map((name) => el("option", { text: name })));
+  $("pacs-form").hidden = $("sr-label").hidden = !pacs.length;
 }
 
 async function openStudy(study) {
@@ -235,6 +232,12 @@ async function loadViews() {
   }
 }
 
+function closeStudy() {
+  state.study = null;
+  $("study-work").hidden = true;
+  $("study-none").hidden = false;
+}
+
 async function upload(event) {
   event.preventDefault();
   const files = $("upload-files").files;
@@ -263,9 +266,7 @@ async function deleteStudy(event) {
   if (!state.study || !confirm("Delete this study from the server?")) return;
   await busy(event.target, async () => {
     await api(`/v1/studies/${state.study.id}`, { method: "DELETE" });
-    state.study = null;
-    $("study-work").hidden = true;
-    $("study-none").hidden = false;
+    closeStudy();
     await loadStudies();
   });
 }
