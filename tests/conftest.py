@@ -6,17 +6,16 @@ import json
 import os
 import subprocess
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
+from testkit import TINY_NANO_RECIPE  # noqa: E402
 
-from domainvlm.nano import DEFAULT_RECIPE  # noqa: E402
 from domainvlm.nano.shapes_world import write_shapes_dataset  # noqa: E402
-from domainvlm.tiny import FAMILIES, build_tiny_model  # noqa: E402
+from domainvlm.tiny import build_tiny_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -83,22 +82,3 @@ def shapes_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         path.write_text("".join(json.dumps(r) + "\n" for r in rows
                                 if r["question"] != "Describe the image."))
     return paths
-
-
-ALL_FAMILIES = list(FAMILIES)
-# The shipped recipe (domainvlm/nano/recipe.yaml), shrunk: every test run trains it.
-TINY_NANO_RECIPE = replace(DEFAULT_RECIPE, size="tiny", image_size=64, tower_steps=6,
-                           tower_batch_size=4, scenes=12, findings_scenes=8, epochs=1.0,
-                           batch_size=8)
-
-
-def run_cli(capsys, monkeypatch, *args) -> tuple[int, str, str]:
-    """(exit code, stdout, stderr) of `domainvlm ARGS`, in this process."""
-    monkeypatch.setattr(sys, "argv", ["domainvlm", *map(str, args)])
-    from domainvlm import cli
-
-    monkeypatch.setattr(cli, "_DEBUG", False)
-    with pytest.raises(SystemExit) as done:
-        cli.main()
-    out, err = capsys.readouterr()
-    return done.value.code, out, err

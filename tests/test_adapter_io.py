@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ALL_FAMILIES
 from peft import PeftModel
 from safetensors.torch import load_file
+from testkit import ALL_FAMILIES
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from domainvlm.adapter_io import merge_adapter

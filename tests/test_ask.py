@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import run_cli as run
+from testkit import run_cli as run
 
 from domainvlm.errors import ConfigError
 from domainvlm.image_readers import parse_view

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 import typer
-from conftest import run_cli as run
+from testkit import run_cli as run
 
 from domainvlm import cli
 
@@ -144,7 +144,7 @@ def test_every_command_that_writes_ends_by_saying_where(command, world, tmp_path
         assert Path(ROOT / SAID_ELSEWHERE[command]).read_text().count('f"wrote {out}"') == 1
         return
     if command in CACHE_WRITERS:  # the tiny recipe, which the fixture builds once a session
-        from conftest import TINY_NANO_RECIPE
+        from testkit import TINY_NANO_RECIPE
 
         built = request.getfixturevalue("tiny_nano")
         recipe = tmp_path / "recipe.json"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import ALL_FAMILIES
+from testkit import ALL_FAMILIES
 
 from domainvlm.errors import ConfigError, ModelLoadError
 from domainvlm.families import GENERIC_PATH_FAMILIES

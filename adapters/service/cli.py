@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from domainvlm.adapters.service.keys_cli import keys_app
 from domainvlm.errors import ConfigError
 
 app = typer.Typer(help="Serve a base model and its adapters over REST (FastAPI): plain image "
@@ -14,6 +15,7 @@ app = typer.Typer(help="Serve a base model and its adapters over REST (FastAPI):
                   "OpenAPI docs at /docs.\n\nStart with `domainvlm serve --store DIR`; "
                   "manage API keys with `domainvlm serve keys`.",
                   rich_markup_mode=None)
+app.add_typer(keys_app, name="keys")
 NANO = "nano"
 
 
@@ -109,7 +111,11 @@ def _settings(**values):
 
 
 def _base(model: str) -> str:
+    """The base's folder or hub id; a folder that does not exist fails now, not after start."""
     if model != NANO:
+        from domainvlm.loading import resolve_source
+
+        resolve_source(model)
         return model
     from domainvlm.nano import ensure_nano
 
@@ -139,7 +145,7 @@ def _check_exposure(settings) -> None:
         return
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     db.upgrade(settings.url_of_database)
-    if not db.has_keys(settings.url_of_database):
+    if not _any_key(settings.url_of_database):
         raise ConfigError(f"--host {settings.host} is reachable from other machines and no API "
                           "key exists; add one first (`domainvlm serve keys add NAME`), or "
                           "listen on 127.0.0.1")
@@ -149,3 +155,14 @@ def _check_exposure(settings) -> None:
         logging.getLogger("domainvlm.serve").warning(
             "serving plain HTTP beyond loopback: keys and scans cross the network unencrypted;"
             " pass --tls-cert/--tls-key or put a TLS proxy in front")
+
+
+def _any_key(url: str) -> bool:
+    from domainvlm.adapters.service import db, keys
+
+    engine = db.engine_for(url)
+    try:
+        with db.session_factory(engine)() as session:
+            return any(key.revoked is None for key in keys.list_keys(session))
+    finally:
+        engine.dispose()

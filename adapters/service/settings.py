@@ -3,19 +3,13 @@
 from __future__ import annotations
 
 import ipaddress
-import os
 from pathlib import Path
 
 from pydantic import BaseModel, Field, field_validator
 
-DATA_ENV = "DOMAINVLM_SERVE_DATA"
+from domainvlm.adapters.service.db import default_data_dir, default_url
+
 MIB = 2**20
-
-
-def default_data_dir() -> Path:
-    """Where the service keeps its database and de-identified studies unless told."""
-    env = os.environ.get(DATA_ENV)
-    return Path(env) if env else Path.home() / ".local" / "share" / "domainvlm" / "serve"
 
 
 def is_loopback(host: str) -> bool:
@@ -64,7 +58,7 @@ class ServeSettings(BaseModel):
 
     @property
     def url_of_database(self) -> str:
-        return self.database_url or f"sqlite:///{self.data_dir / 'serve.db'}"
+        return self.database_url or default_url(self.data_dir)
 
     @property
     def studies_dir(self) -> Path:

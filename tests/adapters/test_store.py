@@ -13,8 +13,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
 from factory import make_adapter
+from testkit import run_cli
 
 from domainvlm.adapters.errors import (
     AdapterError,

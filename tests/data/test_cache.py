@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ALL_FAMILIES
+from testkit import ALL_FAMILIES
 from transformers import AutoConfig, AutoProcessor
 
 from domainvlm.data.cache import (

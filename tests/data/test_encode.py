@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import ALL_FAMILIES
+from testkit import ALL_FAMILIES
 from transformers import AutoConfig, AutoProcessor
 
 from domainvlm.data.collate import collate

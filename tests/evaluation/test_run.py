@@ -7,8 +7,8 @@ import shutil
 
 import pytest
 import torch
-from conftest import ALL_FAMILIES
 from peft import PeftModel
+from testkit import ALL_FAMILIES
 
 from domainvlm.adapter_io import load_with_adapter
 from domainvlm.data.prompting import PromptFormat

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_cli as run
 from PIL import Image
+from testkit import run_cli as run
 
 from domainvlm.ask import ask
 from domainvlm.medical.cohort import write_cohort

@@ -10,7 +10,7 @@ from dataclasses import replace
 
 import pytest
 import torch
-from conftest import TINY_NANO_RECIPE as RECIPE
+from testkit import TINY_NANO_RECIPE as RECIPE
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from domainvlm.errors import OutputExistsError

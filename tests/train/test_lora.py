@@ -7,9 +7,9 @@ import re
 
 import pytest
 import torch
-from conftest import ALL_FAMILIES
 from peft import LoraConfig, get_peft_model
 from peft.tuners.lora import LoraLayer
+from testkit import ALL_FAMILIES
 
 from domainvlm.errors import ConfigError
 from domainvlm.train.lora import apply_lora, parameter_report, select_targets
