@@ -184,8 +184,8 @@ async def import_study(body: PacsImport, request: Request,
     """Fetched over DICOMweb from a PACS named in the server's configuration (a request never
     gives a URL), then de-identified like an upload."""
     svc = service(request)
-    key = _project_key(svc)
     url = _pacs_url(svc, body.pacs)
+    key = _project_key(svc)
     with intake.private_folder(svc.settings.data_dir) as work:
         raw = work / "upload"
         raw.mkdir()
@@ -425,13 +425,23 @@ async def _shown(request: Request, svc: Service, who: Caller, study_id: str, ada
     request.state.adapter = adapter
     series_uid = series_uid or None
     given = parse_view(view) or {}
-    recorded = await run_in_threadpool(svc.runtime.views, adapter) or {}
+    request.state.adapter, recorded = await run_in_threadpool(_adapter_view, svc, adapter)
     fields = {**recorded, **given}
     origin = "+".join(n for n, used in (("adapter", recorded), ("given", given)) if used)
     shown = await run_in_threadpool(_renders(request).shown, study_id,
                                     svc.settings.data_dir / row["folder"], row["series"],
                                     series_uid, fields)
     return shown, origin or "default", row
+
+
+def _adapter_view(svc: Service, adapter: str) -> tuple[str, dict[str, Any]]:
+    """The adapter's ref (name@version, for the audit trail) and its training view."""
+    from domainvlm.adapters.store import BASE
+
+    views = svc.runtime.views(adapter) or {}
+    if adapter == BASE or svc.store is None:
+        return adapter, views
+    return svc.store.card(adapter).ref, views
 
 
 def _renders(request: Request) -> Renders:

@@ -9,9 +9,11 @@ in this process (the answer the service must give), the SR read back from Orthan
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import socket
+import sqlite3
 import sys
 import time
 import zipfile
@@ -73,10 +75,9 @@ def world(tiny_models, tmp_path_factory):
         series.append(write_ct_series(hu, root / f"series-{number}", spec))
     data_dir = root / "data"
     data_dir.mkdir()
-    url = f"sqlite:///{data_dir / 'serve.db'}"
+    url = db.default_url(data_dir)
     db.upgrade(url)
-    sessions = db.session_factory(db.engine_for(url))
-    with sessions() as session, session.begin():
+    with db.session_factory(db.engine_for(url))() as session:
         tokens = {name: keys.add_key(session, name) for name in ("alice", "bob")}
     with LocalOrthanc(root / "orthanc") as orthanc:
         PacsClient(orthanc.dicomweb_url).store([path.parent for path in
@@ -141,6 +142,14 @@ def test_upload_is_deidentified_and_shown_as_the_adapter_was_trained(world, done
     assert np.array_equal(shown, np.asarray(expected[0].to_pil().convert("RGB")))
     assert done["second"]["series_uid"] == remap_uid(SERIES[1], key)
     assert done["second"]["view_from"] == "default"
+    audit = rows(world, "SELECT study_id, adapter FROM audit_events WHERE path = ? AND status "
+                 "= 200", "/v1/studies/{study_id}/views")
+    assert (study["id"], "chest@1") in audit  # the ref the short name "chest" resolved to
+
+
+def rows(world, query: str, *args) -> list[tuple]:
+    with contextlib.closing(sqlite3.connect(world["server"].data_dir / "serve.db")) as db:
+        return db.execute(query, args).fetchall()
 
 
 def test_answers_equal_domainvlm_answer_on_the_same_series(world, done):
@@ -164,6 +173,9 @@ def test_pacs_import_and_sr_written_back(world, done):
     assert imported["instances"] == 12
     sr_uid = reply["answers"][0]["sr_uid"]
     assert sr_uid
+    assert rows(world, "SELECT sr_uid FROM answers WHERE id = ?",
+                reply["answers"][0]["id"]) == [(sr_uid,)]
+    assert call(world, "GET", "/v1/studies/pacs").json() == {"pacs": ["pacs"]}  # names only
     pacs = PacsClient(world["orthanc"].dicomweb_url)
     found = [r for r in pacs.search_instances(imported["study_uid"]) if r.sop_uid == sr_uid]
     assert len(found) == 1
@@ -280,7 +292,7 @@ def test_no_planted_patient_data_in_any_byte_the_server_wrote(world, done):
         assert not leaked, f"{path.relative_to(world['root'])}: {leaked}"
 
 
-def test_without_a_project_key_no_study_is_taken(tmp_path):
+def test_without_a_project_key_or_a_pacs_no_study_is_taken(tmp_path):
     from fastapi.testclient import TestClient
 
     from domainvlm.adapters.service import db
@@ -289,8 +301,11 @@ def test_without_a_project_key_no_study_is_taken(tmp_path):
 
     settings = ServeSettings(model="unused", data_dir=tmp_path)
     db.upgrade(settings.url_of_database)
-    reply = TestClient(create_app(settings)).post(
-        "/v1/studies", files=[("files", ("a.dcm", b"DICM"))])
+    client = TestClient(create_app(settings))
+    reply = client.post("/v1/studies", files=[("files", ("a.dcm", b"DICM"))])
     assert reply.status_code == 503
     assert "--project-key-file" in reply.json()["detail"]
     assert not (tmp_path / "incoming").exists()
+    reply = client.post("/v1/studies/pacs", json={"study_instance_uid": STUDY})
+    assert reply.status_code == 409 and "--pacs" in reply.json()["detail"]
+
