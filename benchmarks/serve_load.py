@@ -86,7 +86,7 @@ def prepare(work: Path, quick: bool) -> tuple[str, Path, bytes]:
         if not any(card.name == f"mem-{n}" for card in store.list()):
             store.add(work / "runs" / "lora-1", f"mem-{n}")
     first = json.loads(data["eval"].read_text().splitlines()[0])
-    image = (data["eval"].parent / first["images"][0]).read_bytes()
+    image = (data["eval"].parent / first["image"]).read_bytes()
     return base, work / "store", image
 
 

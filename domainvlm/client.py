@@ -32,15 +32,15 @@ class ServiceError(DomainVLMError, RuntimeError):
 
 
 class Client:
-    """Calls one service with one API key (None: a service without keys, on loopback)."""
+    """Calls one service with one API key (None: a service without keys, on loopback).
+    `verify`: False, or a CA bundle that signs a private certificate."""
 
     def __init__(self, url: str, key: str | None = None, *, timeout: float = 120.0,
                  verify: bool | str = True) -> None:
         import requests
 
-        self.url, self.timeout = url.rstrip("/"), timeout
+        self.url, self.timeout, self.verify = url.rstrip("/"), timeout, verify
         self._http = requests.Session()
-        self._http.verify = verify  # a CA bundle path for a private certificate
         if key:
             self._http.headers["Authorization"] = f"Bearer {key}"
 
@@ -137,7 +137,9 @@ class Client:
 
     # --------------------------------------------------------------------------------------
     def _call(self, method: str, path: str, *, raw: bool = False, **kwargs: Any) -> Any:
-        response = self._http.request(method, self.url + path, timeout=self.timeout, **kwargs)
+        # verify per request: a session's verify loses to $REQUESTS_CA_BUNDLE in requests
+        response = self._http.request(method, self.url + path, timeout=self.timeout,
+                                      verify=self.verify, **kwargs)
         if response.status_code >= 400:
             try:
                 problem = response.json()

@@ -138,26 +138,34 @@ class RequestTrail:
         rid = new_request_id(given)
         scope.setdefault("state", {})["request_id"] = rid
         token = request_id_var.set(rid)
-        started, status = time.perf_counter(), 500
+        started, status, recorded = time.perf_counter(), 500, False
+
+        async def record() -> None:
+            nonlocal recorded
+            recorded = True
+            fields = access_fields(Request(scope), status, started)
+            if fields["path"] in self.QUIET:
+                return
+            self.svc.metrics.latency.labels(fields["method"], fields["path"],
+                                            str(status)).observe(fields["latency_ms"] / 1e3)
+            log.info("request", extra={"fields": fields})
+            await run_in_threadpool(self._audit, rid, fields)
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message.setdefault("headers", [])
-                message["headers"] = [*message["headers"], (b"x-request-id", rid.encode())]
+                message["headers"] = [*message.get("headers", []),
+                                      (b"x-request-id", rid.encode())]
+            elif message["type"] == "http.response.body" and not message.get("more_body"):
+                await record()  # in the trail before the caller has the answer
             await send(message)
 
         try:
             await self.app(scope, receive, send_with_id)
         finally:
-            request = Request(scope)
-            fields = access_fields(request, status, started)
-            if fields["path"] not in self.QUIET:
-                self.svc.metrics.latency.labels(fields["method"], fields["path"],
-                                                str(status)).observe(fields["latency_ms"] / 1e3)
-                log.info("request", extra={"fields": fields})
-                await run_in_threadpool(self._audit, rid, fields)
+            if not recorded:
+                await record()
             request_id_var.reset(token)
 
     def _audit(self, rid: str, fields: dict[str, Any]) -> None:

@@ -111,7 +111,11 @@ def _settings(**values):
 
 
 def _base(model: str) -> str:
+    """The base's folder or hub id; a folder that does not exist fails now, not after start."""
     if model != NANO:
+        from domainvlm.loading import resolve_source
+
+        resolve_source(model)
         return model
     from domainvlm.nano import ensure_nano
 

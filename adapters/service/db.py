@@ -179,7 +179,7 @@ def engine_for(url: str) -> Engine:
     except exc.ArgumentError as error:
         raise ConfigError(f"--database: {safe_url(url)} is not a database URL "
                           "(sqlite:///PATH or postgresql://USER@HOST/DB)") from error
-    if parsed.drivername == "postgresql":  # psycopg 3, not SQLAlchemy's default psycopg2
+    if parsed.drivername == "postgresql":  # psycopg 3 (SQLAlchemy 2.0 would pick psycopg2)
         parsed = parsed.set(drivername="postgresql+psycopg")
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
@@ -214,6 +214,7 @@ def upgrade(url: str) -> None:
     a lock of their own."""
     from alembic import command
     from alembic.config import Config
+    from alembic.util import CommandError
 
     engine = engine_for(url)
     try:
@@ -227,11 +228,15 @@ def upgrade(url: str) -> None:
                 config.set_main_option("script_location", str(MIGRATIONS))
                 config.attributes["connection"] = connection
                 command.upgrade(config, "head")
+                connection.commit()  # what Alembic left in the connection's own transaction
             finally:
                 if postgres:
                     connection.rollback()
                     connection.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": UPGRADE_LOCK})
                     connection.commit()
+    except CommandError as error:  # e.g. a revision from a newer domainvlm
+        raise ConfigError(f"the database {safe_url(url)} cannot be migrated: {error} (is it from "
+                          "a newer domainvlm?)") from error
     except exc.OperationalError as error:
         reason = str(error.orig).strip().splitlines()[0] if error.orig else str(error)
         raise ConfigError(f"cannot open the database {safe_url(url)}: {reason}") from error

@@ -42,7 +42,7 @@ def _when(value: datetime | None) -> str:
 
 
 @keys_app.command("add")
-def add(name: Annotated[str, typer.Argument(help="Who the key is for (unique).")],
+def add(name: Annotated[str, typer.Argument(metavar="NAME", help="Who the key is for (unique).")],
         rate: Annotated[int | None, typer.Option(
             "--rate", metavar="N", help="Requests per minute this key may make [default: the "
                                         "server's limit]")] = None,
@@ -68,7 +68,7 @@ def list_(database: Database = None, data_dir: DataDir = None) -> None:
 
 
 @keys_app.command("revoke")
-def revoke(name: Annotated[str, typer.Argument(help="The key's name.")],
+def revoke(name: Annotated[str, typer.Argument(metavar="NAME", help="The key's name.")],
            database: Database = None, data_dir: DataDir = None) -> None:
     """Revoke NAME's key: requests with it are refused from now on."""
     with _session(database, data_dir) as session:

@@ -104,9 +104,9 @@ class ProblemDetails(BaseModel):
 
 
 def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI `responses` for a route that may answer with these statuses (401, 422, 429
-    and 500 always: every keyed route can)."""
+    """OpenAPI `responses` for a route that may answer with these statuses (400, 401, 422,
+    429 and 500 always: every keyed route can)."""
     ref = {"schema": {"$ref": "#/components/schemas/ProblemDetails"}}
     return {status: {"model": ProblemDetails, "description": HTTPStatus(status).phrase,
                      "content": {MEDIA_TYPE: ref}}
-            for status in sorted({401, 422, 429, 500, *statuses})}
+            for status in sorted({400, 401, 422, 429, 500, *statuses})}

@@ -8,13 +8,15 @@ from fastapi import APIRouter, Depends, Path, Request
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
+from domainvlm.adapters.refs import NAME
 from domainvlm.adapters.service.deps import Service, caller, ready_service
 from domainvlm.adapters.service.problems import Problem, responses
 from domainvlm.adapters.service.security import Caller
 
 router = APIRouter(prefix="/v1/adapters", tags=["adapters"])
+_PART = NAME.pattern
 Ref = Annotated[str, Path(description="name@version, or name for its latest version",
-                          examples=["chest-ct@1"], pattern=r"^[A-Za-z0-9._@-]{1,100}$")]
+                          examples=["chest-ct@1"], pattern=f"^{_PART}(@{_PART})?$")]
 
 
 class AdapterList(BaseModel):

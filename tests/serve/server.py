@@ -40,10 +40,11 @@ def free_port() -> int:
 @contextlib.contextmanager
 def running_server(args: list[str], data_dir: Path, *, env: dict[str, str] | None = None,
                    ready_timeout: float = 180.0, wait_ready: bool = True,
-                   scheme: str = "http", ca: Path | None = None) -> Iterator[Server]:
+                   scheme: str = "http", ca: Path | None = None, port: int | None = None,
+                   cwd: Path | None = None) -> Iterator[Server]:
     """`domainvlm serve ARGS --data-dir DATA_DIR --port FREE` until the block ends (SIGTERM,
     then a kill after 60 s). With TLS, `scheme="https"` and `ca` the certificate to trust."""
-    port = free_port()
+    port = port or free_port()
     data_dir.mkdir(parents=True, exist_ok=True)
     log = data_dir.parent / f"server-{port}.log"
     command = [sys.executable, "-m", "domainvlm.cli", "serve", "--host", "127.0.0.1",
@@ -51,7 +52,8 @@ def running_server(args: list[str], data_dir: Path, *, env: dict[str, str] | Non
     full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
                 **(env or {})}
     with open(log, "wb") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=full_env)
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=full_env,
+                                   cwd=cwd)
     server = Server(f"{scheme}://127.0.0.1:{port}", process, log, data_dir)
     try:
         _wait(server, "/health/ready" if wait_ready else "/health", ready_timeout, ca)

@@ -136,7 +136,7 @@ def test_threads_share_one_engine(database_url: str) -> None:
 
 def test_replicas_upgrading_one_postgresql_together_all_succeed(postgres_url: str) -> None:
     url = fresh_database(postgres_url)
-    start = time.time() + 3  # after every replica has imported what it needs
+    start = time.time() + 2  # after every replica has imported what it needs
     replicas = [subprocess.Popen([sys.executable, "-c", REPLICA, url, str(start)],
                                  stderr=subprocess.PIPE, text=True) for _ in range(3)]
     errors = [replica.communicate(timeout=60)[1] for replica in replicas]
@@ -157,8 +157,9 @@ def test_threads_upgrading_one_database_together_all_succeed(tmp_path: Path) -> 
     threads = [threading.Thread(target=upgrade, daemon=True) for _ in range(4)]
     for thread in threads:
         thread.start()
+    deadline = time.monotonic() + 20
     for thread in threads:
-        thread.join(timeout=30)
+        thread.join(timeout=max(0.0, deadline - time.monotonic()))
     assert len(done) == 4
     assert schema_drift(url) == []
 
@@ -169,16 +170,27 @@ def test_an_unreachable_database_is_one_error_without_its_password() -> None:
     assert "s3cret" not in str(caught.value)
 
 
+def test_a_database_from_a_newer_version_is_refused_clearly(tmp_path: Path) -> None:
+    url = db.default_url(tmp_path)
+    db.upgrade(url)
+    with sqlite3.connect(tmp_path / "serve.db") as plain:
+        plain.execute("UPDATE alembic_version SET version_num = '0099'")
+    with pytest.raises(ConfigError, match="cannot be migrated.*'0099'.*newer domainvlm"):
+        db.upgrade(url)
+
+
 def test_keys_are_found_only_whole_and_live(session) -> None:
     alice = keys.add_key(session, "alice", rate_per_minute=30)
     bob = keys.add_key(session, "bob")
     assert alice.startswith("dvk_") and len(alice) == 4 + 43 and alice != bob
-    # another row that shares alice's prefix: the lookup must check every candidate
-    session.add(db.ApiKey(name="twin", prefix=alice[:12], digest=keys.digest("other")))
+    # a key that shares alice's prefix (1 in 2^48 by chance): every candidate is checked
+    twin = alice[:12] + keys.new_key()[12:]
+    session.add(db.ApiKey(name="twin", prefix=twin[:12], digest=keys.digest(twin)))
     session.commit()
 
     assert keys.find_key(session, alice).name == "alice"
     assert keys.find_key(session, alice).rate_per_minute == 30
+    assert keys.find_key(session, twin).name == "twin"
     assert keys.find_key(session, bob).name == "bob"
     assert keys.find_key(session, keys.new_key()) is None
     tail = "A" if alice[-1] != "A" else "B"

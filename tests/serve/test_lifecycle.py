@@ -3,6 +3,7 @@ graceful stop that answers what is in flight."""
 
 from __future__ import annotations
 
+import signal
 import socket
 import ssl
 import subprocess
@@ -87,7 +88,7 @@ def test_a_graceful_stop_answers_the_requests_in_flight(tls_server, shapes_data)
 
     server, cert = tls_server
     row = json.loads(shapes_data["eval"].read_text().splitlines()[0])
-    image = shapes_data["eval"].parent / row["images"][0]
+    image = shapes_data["eval"].parent / row["image"]
     client = Client(server.url, verify=str(cert))
     client.vqa(image, "Describe the image.", max_new_tokens=4)  # warm
     finished: list[float] = []
@@ -105,7 +106,9 @@ def test_a_graceful_stop_answers_the_requests_in_flight(tls_server, shapes_data)
         thread.start()
     time.sleep(0.5)
     stopped_at = time.monotonic()
-    assert stop(server) == 0
+    # uvicorn shuts down on SIGTERM, then re-raises it: the exit says which signal ended it
+    assert stop(server) in (0, -signal.SIGTERM)
+    assert "Application shutdown complete" in server.log_text()
     for thread in asking:
         thread.join(60)
     assert errors == [] and len(finished) == 6
