@@ -14,7 +14,9 @@ import contextlib
 import os
 import re
 import shutil
+import socket
 import tempfile
+import time
 import zipfile
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -34,6 +36,7 @@ from domainvlm.medical.errors import (
 FIELD = "files"  # the multipart field uploads come in
 _POSITION = re.compile(r"(file|member)-(\d+)")
 _NAME_OF = {"file": "file", "member": "zip member"}
+STALE_S = 24 * 3600.0  # a raw folder this old belongs to no request still running
 _REQUIRED = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
 
 
@@ -65,10 +68,13 @@ class Published:
 
 @contextlib.contextmanager
 def private_folder(data_dir: Path) -> Iterator[Path]:
-    """A new folder only this process's user can read, removed when the block ends."""
+    """A new folder only this process's user can read, removed when the block ends. Its name
+    says which host and process made it, so that replicas sharing the data dir can tell
+    whose leftovers they may remove (`clear_incoming`)."""
     incoming = incoming_dir(data_dir)
-    incoming.mkdir(parents=True, exist_ok=True)
-    folder = Path(tempfile.mkdtemp(prefix="raw-", dir=incoming))  # mode 0700
+    incoming.mkdir(mode=0o700, parents=True, exist_ok=True)
+    owner = f"raw-{socket.gethostname()}-{os.getpid()}-"
+    folder = Path(tempfile.mkdtemp(prefix=owner, dir=incoming))  # mode 0700
     try:
         yield folder
     finally:
@@ -79,13 +85,41 @@ def incoming_dir(data_dir: Path) -> Path:
     return Path(data_dir) / "incoming"
 
 
-def clear_incoming(data_dir: Path) -> None:
-    """Make the (private) incoming folder; remove raw folders a killed process left in it
-    (they hold patient data)."""
+def clear_incoming(data_dir: Path, max_age_s: float = STALE_S) -> list[str]:
+    """Make the (private) incoming folder and remove the raw folders (patient data) a killed
+    process left in it: this host's whose process is gone, and any older than `max_age_s`
+    (another host's, or a reused process id). Another live replica's are left alone.
+    Returns the names removed."""
     incoming = incoming_dir(data_dir)
     incoming.mkdir(mode=0o700, parents=True, exist_ok=True)
-    for leftover in incoming.iterdir():
-        shutil.rmtree(leftover, ignore_errors=True)
+    host, removed = socket.gethostname(), []
+    for leftover in sorted(incoming.iterdir()):
+        made_by, pid = _maker(leftover.name)
+        gone = made_by == f"raw-{host}" and not _alive(pid)
+        if gone or time.time() - leftover.stat().st_mtime > max_age_s:
+            shutil.rmtree(leftover, ignore_errors=True)
+            removed.append(leftover.name)
+    return removed
+
+
+def _maker(name: str) -> tuple[str, int | None]:
+    """("raw-HOST", pid) from a `private_folder` name (mkdtemp's suffix has no '-')."""
+    parts = name.rsplit("-", 2)
+    if len(parts) == 3 and parts[1].isdigit():
+        return parts[0], int(parts[1])
+    return "", None
+
+
+def _alive(pid: int | None) -> bool:
+    if pid is None:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
 
 
 # ---------------------------------------------------------------------------------- upload

@@ -313,3 +313,24 @@ def test_without_a_project_key_or_a_pacs_no_study_is_taken(tmp_path):
     reply = client.post("/v1/studies/pacs", json={"study_instance_uid": STUDY})
     assert reply.status_code == 409 and "--pacs" in reply.json()["detail"]
 
+
+
+def test_leftover_raw_folders_are_cleared_but_not_a_live_replicas(tmp_path):
+    import os
+    import subprocess
+
+    from domainvlm.medical.study_intake import clear_incoming, incoming_dir
+
+    host = socket.gethostname()
+    finished = subprocess.Popen([sys.executable, "-c", "pass"])
+    finished.wait()
+    incoming = incoming_dir(tmp_path)
+    names = {"dead": f"raw-{host}-{finished.pid}-ab_1", "live": f"raw-{host}-{os.getpid()}-cd2",
+             "other host": "raw-elsewhere-7-ef3", "old other host": "raw-elsewhere-8-gh4"}
+    for name in names.values():
+        (incoming / name / "upload").mkdir(parents=True)
+    old = time.time() - 2 * 24 * 3600
+    os.utime(incoming / names["old other host"], (old, old))
+    assert sorted(clear_incoming(tmp_path)) == sorted([names["dead"], names["old other host"]])
+    assert sorted(p.name for p in incoming.iterdir()) == sorted(
+        [names["live"], names["other host"]])
