@@ -57,7 +57,11 @@ def setup(tiny_models, tmp_path_factory, shapes_data):
             "gone": new_key(data_dir, "gone")}
     rows = [json.loads(line) for line in shapes_data["eval"].read_text().splitlines()]
     image = shapes_data["eval"].parent / rows[0]["image"]
+    from domainvlm.medical.keys import write_key_file
+
+    project_key = write_key_file(root / "project.key")  # configured in full, as in a hospital
     with running_server(["--model", str(base), "--store", str(root / "store"),
+                         "--project-key-file", str(project_key),
                          "--max-request-mb", "1", "--max-batch", "4", "--max-wait-ms", "20"],
                         data_dir) as server:
         yield {"server": server, "keys": keys, "base": base, "folders": folders,
@@ -224,7 +228,7 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(setup) -> No
          "--header", f"Authorization: Bearer {setup['keys']['alice']}",
          "--checks", "not_a_server_error,response_schema_conformance,"
          "content_type_conformance,status_code_conformance",
-         "--max-examples", "6", "--seed", "7", "--workers", "1", "--max-time", "150",
+         "--max-examples", "10", "--seed", "7", "--workers", "1",
          "--request-timeout", "60", "--phases", "examples,coverage,fuzzing",
          "--suppress-health-check", "all", "--warnings", "off"],
         capture_output=True, text=True, timeout=400)
