@@ -1,10 +1,11 @@
 """Dynamic batching: concurrent requests gathered into one `Runtime.answer` call.
 
-A request waits at most `max_wait_ms` for others to join it (fewer when `max_batch` arrive
-first); while the model runs a batch, the next one gathers, so under load batches fill
-without waiting. The model runs in one worker thread, never on the event loop, so the
-server keeps accepting requests meanwhile. `Runtime.answer` itself splits a batch where PEFT
-cannot mix its adapters.
+Under load (the last batch held more than one query) a request waits at most `max_wait_ms`
+for others to join it (less when `max_batch` arrive first); while the model runs a batch, the
+next one gathers. A request to an idle model goes at once: waiting for companions that are
+not coming would only add `max_wait_ms` to every answer of a lightly used server. The model
+runs in one worker thread, never on the event loop, so the server keeps accepting requests
+meanwhile. `Runtime.answer` itself splits a batch where PEFT cannot mix its adapters.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class Batcher:
         self._task: asyncio.Task | None = None
         self._worker: ThreadPoolExecutor | None = None
         self._stopping = False
+        self._under_load = False  # the last batch held more than one query
 
     @property
     def queue_depth(self) -> int:
@@ -87,7 +89,7 @@ class Batcher:
                     return
                 self._arrived.clear()
                 await self._arrived.wait()
-            deadline = loop.time() + self.max_wait
+            deadline = loop.time() + (self.max_wait if self._under_load else 0.0)
             while len(self._pending) < self.max_batch and not self._stopping:
                 left = deadline - loop.time()
                 if left <= 0:
@@ -98,6 +100,7 @@ class Batcher:
                 except TimeoutError:
                     break
             take = min(self.max_batch, len(self._pending))
+            self._under_load = take > 1
             batch = [self._pending.popleft() for _ in range(take)]
             batch = [(query, future) for query, future in batch if not future.done()]
             if batch:

@@ -102,15 +102,25 @@ def plain(n: int) -> Query:
     return Query([], f"q{n}")
 
 
-def test_a_lone_query_waits_max_wait_and_a_full_batch_does_not():
-    async def timed(batcher: Batcher, count: int) -> float:
-        started = time.perf_counter()
-        await gathered(batcher, [plain(n) for n in range(count)])
-        return time.perf_counter() - started
+def test_an_idle_model_answers_at_once_a_loaded_one_waits_and_a_full_batch_goes():
+    async def timed(batcher: Batcher, warm: int, count: int) -> float:
+        """Seconds to answer `count` queries submitted together, after `warm` were."""
+        await batcher.start()
+        try:
+            if warm:
+                await asyncio.gather(*(batcher.submit(plain(n)) for n in range(warm)))
+            started = time.perf_counter()
+            await asyncio.gather(*(batcher.submit(plain(n)) for n in range(count)))
+            return time.perf_counter() - started
+        finally:
+            await batcher.stop()
 
-    assert run(timed(Batcher(Recorder(), max_batch=4, max_wait_ms=300), 1)) >= 0.25
-    # A full batch leaves at once: far sooner than its 10 s wait.
-    assert run(timed(Batcher(Recorder(), max_batch=4, max_wait_ms=10_000), 4)) < 5
+    # Idle: a lone query goes at once, far sooner than its 10 s wait.
+    assert run(timed(Batcher(Recorder(), max_batch=4, max_wait_ms=10_000), 0, 1)) < 5
+    # Under load (the last batch held two): a lone query waits its 300 ms for companions.
+    assert run(timed(Batcher(Recorder(), max_batch=4, max_wait_ms=300), 2, 1)) >= 0.25
+    # A full batch leaves at once, under load too.
+    assert run(timed(Batcher(Recorder(), max_batch=4, max_wait_ms=10_000), 2, 4)) < 5
 
 
 def test_queue_depth_the_worker_thread_and_stop_draining():
