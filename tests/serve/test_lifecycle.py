@@ -40,7 +40,8 @@ def tls_server(tiny_models, tmp_path_factory):
 
 def test_tls_serves_https_only(tls_server) -> None:
     server, cert = tls_server
-    assert Client(server.url, verify=str(cert)).health() == {"status": "ok"}
+    with Client(server.url, verify=str(cert)) as client:
+        assert client.health() == {"status": "ok"}
     with pytest.raises(requests.exceptions.SSLError):
         requests.get(server.url + "/health", timeout=10)  # an unknown certificate is refused
     plain = server.url.replace("https://", "http://")
@@ -66,28 +67,30 @@ def test_a_graceful_stop_answers_the_requests_in_flight(tls_server, shapes_data)
     server, cert = tls_server
     row = json.loads(shapes_data["eval"].read_text().splitlines()[0])
     image = shapes_data["eval"].parent / row["image"]
-    client = Client(server.url, verify=str(cert))
-    client.vqa(image, "Describe the image.", max_new_tokens=4)  # warm
+    with Client(server.url, verify=str(cert)) as client:
+        client.vqa(image, "Describe the image.", max_new_tokens=4)  # warm
     finished: list[float] = []
     errors: list[Exception] = []
 
     def ask() -> None:
         try:
-            client.vqa(image, "Describe the image.", max_new_tokens=16)
+            with Client(server.url, verify=str(cert)) as own:  # its connection closes after
+                own.vqa(image, "Describe the image.", max_new_tokens=16)
             finished.append(time.monotonic())
         except Exception as err:  # noqa: BLE001 - reported by the assertion below
             errors.append(err)
 
-    asking = [threading.Thread(target=ask) for _ in range(12)]  # more than one batch
+    asking = [threading.Thread(target=ask) for _ in range(10)]  # more than one batch
     for thread in asking:
         thread.start()
     while not finished and not errors:  # the model is at work: stop now, mid-queue
         time.sleep(0.01)
     stopped_at = time.monotonic()
-    # uvicorn shuts down on SIGTERM, then re-raises it: the exit says which signal ended it
+    # uvicorn shuts down on SIGTERM, then re-raises it: the exit says which signal ended it.
+    # (It waits for open connections: an idle TLS one that is never closed holds it 30 s.)
     assert stop(server) in (0, -signal.SIGTERM)
     assert "Application shutdown complete" in server.log_text()
     for thread in asking:
         thread.join(60)
-    assert errors == [] and len(finished) == 12
+    assert errors == [] and len(finished) == 10
     assert max(finished) > stopped_at, "nothing was in flight when the stop began"

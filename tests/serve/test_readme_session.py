@@ -81,7 +81,7 @@ def test_the_readme_serving_session_runs_as_written(folder: Path) -> None:
         ran = subprocess.run([sys.executable, "-c", code], cwd=folder, env=env,
                              capture_output=True, text=True, timeout=300)
         assert ran.returncode == 0, ran.stderr
-        assert len(ran.stdout.splitlines()) == 2
+        assert ran.stdout.strip()  # answers of a tiny random model: any text
 
 
 def json_values(text: str) -> list:
