@@ -37,7 +37,8 @@ class StudyOut(BaseModel):
 
 
 class PacsList(BaseModel):
-    pacs: list[str] = Field(description="Names of the configured PACS; the first is default")
+    pacs: list[str] = Field(description="Names of the configured PACS; the first is default",
+                            examples=[["main", "research"]])
 
 
 class PacsImport(BaseModel):

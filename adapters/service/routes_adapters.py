@@ -24,10 +24,21 @@ class AdapterList(BaseModel):
     adapters: list[dict[str, Any]]
     loaded: list[str]
 
+    model_config = {"json_schema_extra": {"examples": [{
+        "base": {"source": "llava-hf/llava-1.5-7b-hf", "model_type": "llava",
+                 "weights": "9f2c..."},
+        "adapters": [{"ref": "chest-ct@1", "name": "chest-ct", "version": "1",
+                      "intended_use": "CT chest research", "licence": "internal",
+                      "metrics": {"vqa_accuracy": 0.81}, "mixable": True}],
+        "loaded": ["chest-ct@1"]}]}}
+
 
 class Loaded(BaseModel):
     adapter: str
     loaded: list[str]
+
+    model_config = {"json_schema_extra": {"examples": [
+        {"adapter": "chest-ct@1", "loaded": ["brain-mr@2", "chest-ct@1"]}]}}
 
 
 def _store(svc: Service) -> Any:

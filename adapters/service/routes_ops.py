@@ -17,11 +17,16 @@ router = APIRouter(tags=["operations"])
 class Health(BaseModel):
     status: str
 
+    model_config = {"json_schema_extra": {"examples": [{"status": "ok"}]}}
+
 
 class Readiness(BaseModel):
     status: str
     base: str
     adapters_loaded: int
+
+    model_config = {"json_schema_extra": {"examples": [
+        {"status": "ready", "base": "llava-hf/llava-1.5-7b-hf", "adapters_loaded": 2}]}}
 
 
 @router.get("/health", response_model=Health, summary="Liveness (no key needed)")
@@ -42,7 +47,9 @@ async def ready(request: Request) -> Readiness:
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response,
-            responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}},
+            responses={200: {"content": {"text/plain": {
+                "schema": {"type": "string"},
+                "example": "domainvlm_queue_depth 0.0\ndomainvlm_adapters_loaded 2.0\n"}}},
                        **responses()})
 async def metrics(request: Request, _: Annotated[Caller, Depends(caller)]) -> Response:
     """Latency histogram by route, batch sizes, queue depth, answers per adapter."""

@@ -86,7 +86,11 @@ def test_health_is_open_and_every_other_route_needs_a_key(setup) -> None:
             assert reply.headers["www-authenticate"] == "Bearer"
             assert reply.json()["status"] == 401
             probed += 1
-    assert probed >= 6
+    assert probed >= 15
+    lacking = [f"{method.upper()} {path}" for path, methods in schema["paths"].items()
+               for method, operation in methods.items()
+               if not _has_example(operation, schema["components"]["schemas"])]
+    assert lacking == [], "operations without an example in the OpenAPI document"
     for bad in ({"Authorization": "Bearer dvk_wrong"}, {"X-API-Key": "dvk_wrong"}):
         assert requests.get(url + "/v1/adapters", headers=bad, timeout=10).status_code == 401
     good = {"X-API-Key": setup["keys"]["bob"]}
@@ -203,6 +207,21 @@ def test_starting_beyond_loopback_without_keys_is_refused(tmp_path, tiny_models)
                           timeout=120)
     assert done.returncode == 2
     assert "no API key exists" in done.stderr and "keys add" in done.stderr
+
+
+def _has_example(node, schemas: dict, seen: frozenset = frozenset()) -> bool:
+    """True when `node` (an operation, following `$ref`s) shows an example anywhere."""
+    if isinstance(node, dict):
+        ref = node.get("$ref", "").rsplit("/", 1)[-1]
+        if ref and ref not in seen:
+            return _has_example(schemas.get(ref), schemas, seen | {ref})
+        return ("example" in node or "examples" in node
+                or any(_has_example(value, schemas, seen) for key, value in node.items()
+                       if key not in {"400", "401", "404", "409", "413", "415", "422", "429",
+                                      "500", "502", "503"}))  # the problem shapes
+    if isinstance(node, list):
+        return any(_has_example(item, schemas, seen) for item in node)
+    return False
 
 
 def _sample(metrics: str, name: str) -> float:
