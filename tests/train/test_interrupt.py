@@ -27,8 +27,10 @@ def test_ctrl_c_says_where_to_resume_and_the_printed_command_finishes_the_run(
                "--output", str(output), "--max-steps", str(STEPS), "--batch-size", "8",
                "--save-every", "1", "--learning-rate", "5e-3",
                "--cache-dir", str(tmp_path / "cache")]
+    # A terminal's Ctrl-C: SIGINT handled as usual, even when the suite itself was started in
+    # the background, where the shell hands children SIGINT ignored.
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True)
+                               text=True, preexec_fn=_default_sigint)
     deadline = time.monotonic() + 180
     while not (output / "checkpoints" / "step-0000002").is_dir():
         assert process.poll() is None, process.communicate()[1]
@@ -62,3 +64,7 @@ def test_ctrl_c_says_where_to_resume_and_the_printed_command_finishes_the_run(
     history = json.loads((output / "history.json").read_text())
     assert [r["step"] for r in history] == list(range(1, STEPS + 1))
     assert (output / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
