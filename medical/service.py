@@ -27,6 +27,7 @@ from domainvlm.adapters.service import answering
 from domainvlm.adapters.service.deps import Service, caller, owner_filter, ready_service, service
 from domainvlm.adapters.service.problems import Problem, responses
 from domainvlm.adapters.service.security import Caller
+from domainvlm.adapters.store import BASE
 from domainvlm.medical import study_intake as intake
 from domainvlm.medical.study_schemas import (
     ADAPTER,
@@ -332,7 +333,7 @@ async def ask_study(study_id: StudyId, request: Request,
     return StudyAnswers(
         answers=[StudyAnswer(id=i, question=q, answer=a, sr_uid=uid) for i, q, a, uid in
                  zip(given.ids, body.questions, given.answers, sr_uids, strict=True)],
-        adapter=given.adapter, base=_base(svc), series_uid=shown.series_uid,
+        adapter=given.adapter, base=svc.base(), series_uid=shown.series_uid,
         description=shown.description, view=shown.view, view_from=view_from, timings=timings)
 
 
@@ -358,7 +359,6 @@ async def _shown(request: Request, svc: Service, who: Caller, study_id: str, ada
 
 def _adapter_view(svc: Service, adapter: str) -> tuple[str, dict[str, Any]]:
     """The adapter's ref (name@version, for the audit trail) and its training view."""
-    from domainvlm.adapters.store import BASE
 
     views = svc.runtime.views(adapter) or {}
     if adapter == BASE or svc.store is None:
@@ -371,12 +371,6 @@ def _renders(request: Request) -> Renders:
     if not hasattr(state, "study_renders"):
         state.study_renders = Renders()
     return state.study_renders
-
-
-def _base(svc: Service) -> dict[str, Any]:
-    identity = svc.runtime.base_identity
-    return {"source": identity.source, "model_type": identity.model_type,
-            "weights": identity.weights}
 
 
 def _write_sr(svc: Service, url: str, folder: Path, shown: Shown, questions: list[str],
@@ -393,7 +387,7 @@ def _write_sr(svc: Service, url: str, folder: Path, shown: Shown, questions: lis
     cited = sources(folder, shown.series_uid)
     source = svc.runtime.base_identity.source
     model = Path(source).name if Path(source).is_absolute() else source
-    adapter = None if given.adapter == "base" else given.adapter
+    adapter = None if given.adapter == BASE else given.adapter
     reports = [answer_to_sr(q, a, cited, model, adapter) if a.strip() else None
                for q, a in zip(questions, given.answers, strict=True)]
     try:

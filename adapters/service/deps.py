@@ -33,6 +33,12 @@ class Service:
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     failed: str | None = None  # why the base could not be loaded
 
+    def base(self) -> dict[str, Any]:
+        """The served base as responses name it: source, model type, weights fingerprint."""
+        identity = self.runtime.base_identity
+        return {"source": identity.source, "model_type": identity.model_type,
+                "weights": identity.weights}
+
 
 def service(request: Request) -> Service:
     return request.app.state.service

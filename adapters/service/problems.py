@@ -32,7 +32,12 @@ class Problem(Exception):
                  headers: dict[str, str] | None = None) -> None:
         super().__init__(detail)
         self.status, self.detail, self.headers = status, detail, headers
-        self.slug = slug or HTTPStatus(status).phrase.lower().replace(" ", "-")
+        self.slug = slug or _slug(status)
+
+
+def _slug(status: int) -> str:
+    """The problem type of a bare status: its phrase, e.g. "not-found"."""
+    return HTTPStatus(status).phrase.lower().replace(" ", "-")
 
 
 def status_of(exc: DomainVLMError) -> int:
@@ -55,7 +60,7 @@ def body(request: Request, status: int, detail: str, slug: str) -> dict[str, Any
 
 def response(request: Request, status: int, detail: str, slug: str | None = None,
              headers: dict[str, str] | None = None) -> JSONResponse:
-    slug = slug or HTTPStatus(status).phrase.lower().replace(" ", "-")
+    slug = slug or _slug(status)
     return JSONResponse(body(request, status, detail, slug), status_code=status,
                         media_type=MEDIA_TYPE, headers=headers)
 

@@ -55,10 +55,8 @@ async def list_adapters(svc: Annotated[Service, Depends(ready_service)],
     """Cards: base model and its weights fingerprint, data fingerprint, eval metrics,
     intended use, licence, whether it batches with others (`mixable`)."""
     cards = await run_in_threadpool(svc.store.list) if svc.store is not None else []
-    identity = svc.runtime.base_identity
-    return AdapterList(base={"source": identity.source, "model_type": identity.model_type,
-                             "weights": identity.weights},
-                       adapters=[card.to_json() for card in cards], loaded=svc.runtime.loaded())
+    return AdapterList(base=svc.base(), adapters=[card.to_json() for card in cards],
+                       loaded=svc.runtime.loaded())
 
 
 @router.get("/{ref}", responses=responses(404, 503), summary="One adapter's card")
