@@ -15,6 +15,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from domainvlm.detection.cli import detect_command, distill_command
 from domainvlm.families import known_family_names
 
 # The tiny-model factory's families: the registry's, and those that run the generic path.
@@ -353,6 +354,10 @@ def nano_path_command(
 
     path = nano_path(load_recipe(recipe) if recipe else DEFAULT_RECIPE)
     typer.echo(f"{path}  ({'built' if (path / 'config.json').is_file() else 'not built yet'})")
+
+
+app.command("distill")(distill_command)
+app.command("detect")(detect_command)
 
 
 def _add_plugin_commands() -> None:

@@ -11,6 +11,8 @@ from typing import Annotated
 
 import typer
 
+from domainvlm.detection.cli import robot_demo_command
+
 app = typer.Typer(
     help="DICOM in: inspect, render, de-identify, synthesise CT, build VQA data.\n\n"
     "Start with `domainvlm dicom info PATH` on a file, folder or .zip.",
@@ -333,7 +335,16 @@ def render_command(
         typer.echo(f"wrote {path} ({image.shape[1]}x{image.shape[0]})")
 
 
+demo_app = typer.Typer(
+    help="Whole pipelines on a laptop, offline: `domainvlm demo` fine-tunes on synthetic CT "
+    "(the default); `domainvlm demo robot` distils an open-vocabulary detector.",
+    rich_markup_mode=None,
+)
+
+
+@demo_app.callback(invoke_without_command=True)
 def demo_command(
+    ctx: typer.Context,
     output: Annotated[Path, typer.Option(help="Folder for the cohort, data, adapter, report.")] = (
         Path("runs/demo")),
     config: Annotated[Path | None, typer.Option(
@@ -359,7 +370,11 @@ def demo_command(
 ) -> None:
     """The whole promise on a laptop: synthetic CT as DICOM -> de-identified VQA data split by
     patient -> zero-shot base score -> LoRA fine-tune -> score on held-out patients ->
-    OUTPUT/report.md with plots (loss, accuracy per question type, a gallery)."""
+    OUTPUT/report.md with plots (loss, accuracy per question type, a gallery).
+
+    `domainvlm demo robot --help`: the robot perception demo instead."""
+    if ctx.invoked_subcommand is not None:
+        return
     import time
 
     from rich.console import Console
@@ -386,3 +401,6 @@ def demo_command(
     console.print(f"report: {output / 'report.md'}  (wall time "
                   f"{time.perf_counter() - started:.0f} s)")
     typer.echo(f"wrote {output}")
+
+
+demo_app.command("robot")(robot_demo_command)
