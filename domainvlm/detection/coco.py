@@ -148,7 +148,8 @@ def read_split(path: Path | str, dataset: CocoDataset) -> CategorySplit:
 
 def restrict(dataset: CocoDataset, names: Iterable[str]) -> CocoDataset:
     """`dataset` with only the annotations of the categories `names` (all categories stay
-    listed): what the student trains on, so novel labels provably never reach it."""
+    listed): what the student trains on, so novel labels provably never reach it. `source`
+    still names the whole file, for messages and for pycocotools' ground truth."""
     ids = {dataset.category_id(name) for name in names}
     boxes, labels = {}, {}
     for image in dataset.images:
