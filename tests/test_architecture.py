@@ -21,10 +21,13 @@ else:  # pragma: no cover - Python 3.10
 ROOT = Path(__file__).resolve().parents[1]
 # Packages that live in their own folders (pyproject's package-dir) and sit above the core.
 EDGES = ("domainvlm.medical", "domainvlm.adapters", "domainvlm.ros")
-WORLDS = ("domainvlm.nano.shapes_world", "domainvlm.nano.findings_world", "domainvlm.nano.tabletop_world")
-# Who in the core may import a synthetic world itself: the nano model that learns from them,
-# and the command line's `synth-data`. Everyone else goes through `domainvlm.nano`'s API.
-WORLD_IMPORTERS = ("domainvlm.nano", "domainvlm.cli")
+WORLDS = ("domainvlm.nano.shapes_world", "domainvlm.nano.findings_world",
+          "domainvlm.nano.tabletop_world")
+# Who in the core may import a synthetic world itself: the nano models that learn from them
+# (the nano VLM, the nano CLIP), the command line's `synth-data` and the robot demo. Everyone
+# else goes through `domainvlm.nano`'s API.
+WORLD_IMPORTERS = ("domainvlm.nano", "domainvlm.cli", "domainvlm.nano.clip",
+                   "domainvlm.detection.demo")
 
 
 def package_folders() -> dict[str, Path]:
