@@ -45,7 +45,7 @@ def identify(source: str) -> BaseIdentity:
     from domainvlm.loading import load_config
 
     resolved, config = load_config(source)
-    folder = _model_folder(resolved)
+    folder = model_folder(resolved)
     return BaseIdentity(source=resolved, model_type=config.model_type,
                         architectures=tuple(getattr(config, "architectures", None) or ()),
                         weights=weights_fingerprint(folder) if folder else None)
@@ -104,7 +104,7 @@ def _pickled_fingerprint(files: list[Path]) -> str | None:
     return digest.hexdigest()
 
 
-def _model_folder(resolved: str) -> Path | None:
+def model_folder(resolved: str) -> Path | None:
     """A local folder as it is; a hub id as its snapshot in the local cache (None if absent)."""
     path = Path(resolved)
     if path.is_dir():

@@ -20,6 +20,7 @@ from domainvlm.families import known_family_names
 
 # The tiny-model factory's families: the registry's, and those that run the generic path.
 TinyFamily = enum.Enum("TinyFamily", {name: name for name in known_family_names()}, type=str)
+SynthWorld = enum.Enum("SynthWorld", {"shapes": "shapes", "tabletop": "tabletop"}, type=str)
 
 app = typer.Typer(
     help="Adapt pretrained vision-language models to domain data with LoRA.\n\n"
@@ -290,21 +291,35 @@ def tiny_model_command(
 
 @app.command("synth-data")
 def synth_data_command(
-    output: Annotated[Path, typer.Option(help="Folder for images and train/eval JSONL (new "
-                                          "or empty).")],
+    output: Annotated[Path, typer.Option(help="Folder for the data set (new or empty).")],
     images: Annotated[int, typer.Option(min=2, help="How many scenes.")] = 64,
     seed: int = 0,
+    world: Annotated[SynthWorld, typer.Option(
+        help="shapes: coloured-shape questions (images, train/eval JSONL); tabletop: robot "
+             "camera scenes with boxes (images, COCO instances.json, split.json).")
+    ] = SynthWorld.shapes,
+    split: Annotated[str, typer.Option(help="tabletop: base/novel split, easy or hard.")] = "easy",
+    labels: Annotated[str, typer.Option(
+        help="tabletop: 'base' labels base objects only (training), 'all' every object.")
+    ] = "all",
     overwrite: Annotated[bool, typer.Option(
         help="Replace a data set written there before.")] = False,
 ) -> None:
-    """Write a small synthetic VQA set (coloured shapes) to try the engine on."""
-    from domainvlm.nano.shapes_world import write_shapes_dataset
+    """Write a small synthetic data set to try the engine on."""
     from domainvlm.outputs import new_output
 
     with new_output(output, "synth-data", overwrite=overwrite) as partial:
-        written = write_shapes_dataset(partial, images, seed)
-    for split, path in written.items():
-        typer.echo(f"{split}: {output / path.name}")
+        if world is SynthWorld.tabletop:
+            from domainvlm.nano.tabletop_world import write_tabletop
+
+            write_tabletop(partial, split=split, images=images, seed=seed, labels=labels)
+            written = {"instances": partial / "instances.json", "split": partial / "split.json"}
+        else:
+            from domainvlm.nano.shapes_world import write_shapes_dataset
+
+            written = write_shapes_dataset(partial, images, seed)
+    for part, path in written.items():
+        typer.echo(f"{part}: {output / path.name}")
     typer.echo(f"wrote {output}")
 
 

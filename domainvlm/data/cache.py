@@ -34,9 +34,14 @@ ENCODING_MODULES = ("domainvlm.data.cache", "domainvlm.data.encode", "domainvlm.
 ENCODING_DISTRIBUTIONS = ("transformers", "tokenizers", "pillow", "torch")
 
 
+def cache_root() -> Path:
+    """Where domainvlm keeps what it computes once: `$DOMAINVLM_CACHE`, else
+    ~/.cache/domainvlm."""
+    return Path(os.environ.get("DOMAINVLM_CACHE") or Path.home() / ".cache" / "domainvlm")
+
+
 def default_cache_dir() -> Path:
-    root = os.environ.get("DOMAINVLM_CACHE") or Path.home() / ".cache" / "domainvlm"
-    return Path(root) / "processed"
+    return cache_root() / "processed"
 
 
 def processor_fingerprint(processor: Any) -> str:

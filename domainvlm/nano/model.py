@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -125,8 +124,9 @@ DEFAULT_RECIPE = _shipped_recipe()
 
 
 def nano_cache_root() -> Path:
-    root = os.environ.get("DOMAINVLM_CACHE") or Path.home() / ".cache" / "domainvlm"
-    return Path(root) / "nano"
+    from domainvlm.data.cache import cache_root
+
+    return cache_root() / "nano"
 
 
 def nano_path(recipe: NanoRecipe = DEFAULT_RECIPE) -> Path:

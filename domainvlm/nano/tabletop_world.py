@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from domainvlm.detection.coco import CategorySplit
+from domainvlm.errors import ConfigError
 
 ATTRIBUTES = ("red", "green", "blue", "yellow", "metal", "wooden")
 KINDS = ("mug", "box", "can", "bottle", "ball")
@@ -52,6 +53,7 @@ MAX_HIDDEN = 0.3  # most of an object's box that other objects may cover
 TABLES = ((196, 190, 176), (120, 132, 140), (70, 98, 82), (214, 214, 206), (92, 88, 102),
           (176, 160, 150))
 WALLS = ((226, 224, 216), (178, 186, 196), (150, 142, 130))
+MIN_SIDE = 32  # pixels: smaller frames cannot show an object's kind
 NOISE = (2.0, 5.0)  # pixel noise standard deviation, 8-bit levels
 
 
@@ -86,13 +88,16 @@ def scene_seed(seed: int, index: int) -> int:
 
 def render_scene(seed: int, *, size: tuple[int, int] = (320, 240),
                  split: str = "easy") -> tuple[Image.Image, list[SceneObject]]:
-    """One camera image (RGB, `size` = (width, height)) and its objects, in drawing order.
+    """One camera image (RGB, `size` = (width, height)) and its objects in drawing order:
+    an object may hide part of those before it, never of those after.
 
     `split` sets how often novel categories appear (`NOVEL_SHARE` of the objects).
     """
-    if split not in SPLITS:
-        raise ValueError(f"unknown tabletop split {split!r}: choose one of {', '.join(SPLITS)}")
+    _check_split(split)
     width, height = size
+    if min(width, height) < MIN_SIDE:
+        raise ConfigError(f"tabletop images must be at least {MIN_SIDE} pixels a side, not "
+                          f"{width}x{height}")
     rng = np.random.default_rng(seed)
     aspect = width / height
     horizon = float(rng.uniform(0.1, 0.3)) if rng.random() < 0.5 else 0.0
@@ -102,12 +107,14 @@ def render_scene(seed: int, *, size: tuple[int, int] = (320, 240),
     shadow_layer = _shadows(placed, rng, width, height)
     light = float(rng.uniform(-0.7, 0.7))
     pixels = np.asarray(canvas, np.float32) * (1 - 0.45 * shadow_layer)[..., None]
-    for item in sorted(placed, key=lambda p: p.y0 + p.height):  # back to front
+    placed.sort(key=lambda p: p.y0 + p.height)  # back to front: nearer objects stand lower
+    for item in placed:
         _paste(pixels, item, light, height)
     pixels *= _lighting(rng, width, height)[..., None]
     noise_rng = np.random.default_rng([seed, width, height])  # pixel noise only: layout kept
-    noise = noise_rng.standard_normal(pixels.shape, dtype=np.float32)
-    noise *= float(rng.uniform(*NOISE))
+    noise = noise_rng.random(pixels.shape, dtype=np.float32)  # uniform: 5x faster to draw
+    noise -= 0.5
+    noise *= float(rng.uniform(*NOISE)) * math.sqrt(12)  # that standard deviation
     pixels += noise
     np.clip(pixels, 0, 255, out=pixels)
     image = Image.fromarray(pixels.astype(np.uint8))
@@ -115,6 +122,12 @@ def render_scene(seed: int, *, size: tuple[int, int] = (320, 240),
                            (p.x0 * height, p.y0 * height, (p.x0 + p.width) * height,
                             (p.y0 + p.height) * height)) for p in placed]
     return image, objects
+
+
+def _check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise ConfigError(f"unknown tabletop split {split!r}: choose one of "
+                          f"{', '.join(SPLITS)}")
 
 
 def _layout(rng: np.random.Generator, split: CategorySplit, aspect: float,
@@ -132,8 +145,11 @@ def _layout(rng: np.random.Generator, split: CategorySplit, aspect: float,
         for _attempt in range(40):
             h = float(rng.uniform(*HEIGHTS))
             w = h * ASPECT[kind] * float(rng.uniform(0.9, 1.1))
-            x0 = float(rng.uniform(0, aspect - w))
-            bottom = float(rng.uniform(max(h, horizon + 0.3 * h), 1.0))
+            if w >= aspect:  # a frame too narrow for this one
+                continue
+            # margins keep float rounding from pushing a box past the frame
+            x0 = float(rng.uniform(0, aspect - w - 1e-6))
+            bottom = float(rng.uniform(max(h, horizon + 0.3 * h), 1.0 - 1e-6))
             candidate = _Placed(attribute, kind, x0, bottom - h, w, h, jitter, detail)
             covers = [_overlap(candidate, other) for other in placed]
             own = sum(covers) / (w * h)
@@ -360,10 +376,11 @@ def write_tabletop(out: Path, *, split: str = "easy", images: int,
     from domainvlm.atomic import new_folder, write_json
     from domainvlm.progress import Reporter
 
-    if split not in SPLITS:
-        raise ValueError(f"unknown tabletop split {split!r}: choose one of {', '.join(SPLITS)}")
+    _check_split(split)
     if labels not in ("base", "all"):
-        raise ValueError(f"labels must be 'base' or 'all', not {labels!r}")
+        raise ConfigError(f"labels must be 'base' or 'all', not {labels!r}")
+    if images < 1:
+        raise ConfigError(f"images must be at least 1, not {images}")
     chosen = SPLITS[split]
     kept = set(chosen.base) if labels == "base" else set(VOCABULARY)
     ids = {name: index + 1 for index, name in enumerate(VOCABULARY)}
