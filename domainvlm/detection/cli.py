@@ -7,6 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
+DEMO_DETECTOR = "runs/robot-demo/run/detector"  # where `domainvlm demo robot` leaves it
+
 
 def distill_command(
     config: Annotated[Path, typer.Option(
@@ -26,9 +28,18 @@ def distill_command(
     category in. The result, OUTPUT/detector, answers any prompt: `domainvlm detect IMAGE
     --model OUTPUT/detector --prompt "red mug"`.
     """
-    from domainvlm.detection.distill import DistillConfig, distill
+    import sys
 
-    final = distill(DistillConfig.from_yaml(config), output, resume=resume, overwrite=overwrite)
+    from domainvlm.detection.distill import DistillConfig, distill
+    from domainvlm.errors import RunInterrupted
+
+    try:
+        final = distill(DistillConfig.from_yaml(config), output, resume=resume,
+                        overwrite=overwrite)
+    except RunInterrupted as stop:
+        typer.echo(f"{stop}\nresume with: domainvlm distill --config {config} --output "
+                   f"{output} --resume", err=True)
+        sys.exit(130)
     typer.echo(str(final))
 
 
@@ -61,8 +72,13 @@ def detect_command(
 
     from domainvlm.detection.detector import load_detector
     from domainvlm.detection.draw import draw_detections
+    from domainvlm.errors import ModelLoadError
 
-    source = model or "runs/robot-demo/run/detector"
+    source = model or DEMO_DETECTOR
+    if model is None and not Path(source).is_dir():
+        raise ModelLoadError(f"no --model given and no demo detector at {source}: run "
+                             "`domainvlm demo robot` first, or pass --model (a distilled "
+                             "folder, or an OWLv2 / Grounding DINO hub id)")
     detector = load_detector(source)
     opened = []
     for path in images:

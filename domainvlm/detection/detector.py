@@ -101,11 +101,10 @@ class Detector:
     def prompt_embeddings(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Text embeddings (C, D) of `prompts` and which are base categories, computed once per
         prompt set."""
-        names = tuple(check_prompts(prompts, max_tokens=self.teacher.max_text_tokens,
-                                    count_tokens=self.teacher.count_tokens))
+        names = tuple(check_prompts(prompts))
         if self._prompts is None or self._prompts[0] != names:
             base = {name.lower() for name in self.base}
-            embeddings = self.teacher.embed_text(names)
+            embeddings = self.teacher.embed_text(names)  # also refuses overlong prompts
             is_base = torch.tensor([name.lower() in base for name in names])
             self._prompts = (names, embeddings, is_base)
             self.text_passes += 1

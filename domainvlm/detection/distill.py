@@ -177,11 +177,11 @@ def distill(config: DistillConfig, output: Path, *, resume: bool = False,
     if resume and not checkpoint_path.is_file():
         raise ConfigError(f"--resume: {checkpoint_path} does not exist (no checkpoint yet); "
                           "start without --resume")
-    output.mkdir(parents=True, exist_ok=True)
-    write_json(output / "config.json", config.to_dict())
     torch.manual_seed(config.seed)
     teacher = Teacher.load(config.teacher)
-    data = load_training_data(config, reporter)
+    data = load_training_data(config, reporter)  # bad data fails before OUTPUT is touched
+    output.mkdir(parents=True, exist_ok=True)
+    write_json(output / "config.json", config.to_dict())
     classes = teacher.embed_text(data.split.base)
     control = control_embeddings(len(data.split.base), teacher.dim, config.seed)
     student_config = StudentConfig.from_dict({**StudentConfig(embed_dim=teacher.dim).to_dict(),
@@ -197,45 +197,55 @@ def distill(config: DistillConfig, output: Path, *, resume: bool = False,
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start, distill_targets = state["step"], state["distill"]
+        torch.set_rng_state(state["rng"])  # torchvision's proposal sampling draws from it
         reporter.line(f"resuming at step {start} of {config.steps}")
     distill_step = int(config.distill_start * config.steps)
     count = len(data.images)
     model.train()
-    with reporter.task("distilling", config.steps, completed=start) as advance:
-        for step in range(start, config.steps):
-            if step >= distill_step and distill_targets is None:
-                distill_targets = _distill_targets(model, data, teacher, config, reporter,
-                                                   cache_dir, region_embeddings)
-                model.train()
-            rng = random.Random(config.seed * 1_000_003 + step)
-            indices = [rng.randrange(count) for _ in range(config.batch_size)]
-            flips = [rng.random() < 0.5 for _ in indices]
-            images, targets, boxes, embeds = _batch(data, indices, flips, distill_targets)
-            losses = model.losses(images, targets, classes,
-                                  control_classes=control if config.control else None,
-                                  distill_boxes=boxes, distill_targets=embeds)
-            weights = {"loss_image": config.image_loss_weight}
-            total = sum(weights.get(k, 1.0) * v for k, v in losses.items())
-            if not torch.isfinite(total):
-                from domainvlm.errors import TrainingDivergedError
+    step, saved = start, checkpoint_path if resume else None
+    try:
+        with reporter.task("distilling", config.steps, completed=start) as advance:
+            for step in range(start, config.steps):
+                if step >= distill_step and distill_targets is None:
+                    distill_targets = _distill_targets(model, data, teacher, config, reporter,
+                                                       cache_dir, region_embeddings)
+                    model.train()
+                rng = random.Random(config.seed * 1_000_003 + step)
+                indices = [rng.randrange(count) for _ in range(config.batch_size)]
+                flips = [rng.random() < 0.5 for _ in indices]
+                images, targets, boxes, embeds = _batch(data, indices, flips, distill_targets)
+                losses = model.losses(images, targets, classes,
+                                      control_classes=control if config.control else None,
+                                      distill_boxes=boxes, distill_targets=embeds)
+                weights = {"loss_image": config.image_loss_weight}
+                total = sum(weights.get(k, 1.0) * v for k, v in losses.items())
+                if not torch.isfinite(total):
+                    from domainvlm.errors import TrainingDivergedError
 
-                raise TrainingDivergedError(
-                    f"step {step}: loss is {total.item()} (learning_rate "
-                    f"{config.learning_rate}); lower it and resume from the last checkpoint")
-            optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
-            optimizer.step()
-            scheduler.step()
-            advance(loss=float(total), **{k.removeprefix("loss_"): float(v)
-                                          for k, v in losses.items()
-                                          if k in ("loss_text", "loss_image")})
-            done = step + 1
-            if done % config.save_every == 0 or done == config.steps:
-                with atomic_file(checkpoint_path) as handle:
-                    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                "scheduler": scheduler.state_dict(), "step": done,
-                                "distill": distill_targets}, handle)
+                    raise TrainingDivergedError(
+                        f"step {step}: loss is {total.item()} (learning_rate "
+                        f"{config.learning_rate}); lower it and resume from the last checkpoint")
+                optimizer.zero_grad(set_to_none=True)
+                total.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+                optimizer.step()
+                scheduler.step()
+                advance(loss=float(total), **{k.removeprefix("loss_"): float(v)
+                                              for k, v in losses.items()
+                                              if k in ("loss_text", "loss_image")})
+                done = step + 1
+                if done % config.save_every == 0 or done == config.steps:
+                    with atomic_file(checkpoint_path) as handle:
+                        torch.save({"model": model.state_dict(),
+                                    "optimizer": optimizer.state_dict(),
+                                    "scheduler": scheduler.state_dict(), "step": done,
+                                    "distill": distill_targets,
+                                    "rng": torch.get_rng_state()}, handle)
+                    saved = checkpoint_path
+    except KeyboardInterrupt:
+        from domainvlm.errors import RunInterrupted
+
+        raise RunInterrupted(step, config.steps, saved) from None
     model.eval()
     detector = Detector(model, teacher, base=data.split.base, scoring=ScoringParams(
         text_temperature=student_config.temperature,

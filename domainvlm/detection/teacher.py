@@ -44,8 +44,9 @@ class Teacher:
     """
 
     def __init__(self, model, processor, *, name: str, fingerprint: str,
-                 device: str = "cpu") -> None:
+                 device: str = "cpu", source: str | None = None) -> None:
         self.model = model.to(device).eval()
+        self.source = source  # what `load` was given (None: the nano CLIP), to load it again
         self.processor = processor
         self.device = device
         self.name = name
@@ -99,7 +100,8 @@ class Teacher:
         weights = weights_fingerprint(folder) if folder else None
         digest = hashlib.sha256(f"{weights or _state_digest(model)}|"
                                 f"{processor_fingerprint(processor)}".encode()).hexdigest()
-        return cls(model, processor, name=name, fingerprint=digest, device=device)
+        return cls(model, processor, name=name, fingerprint=digest, device=device,
+                   source=None if source is None else str(source))
 
     def count_tokens(self, text: str) -> int:
         """Tokens the text tower reads for `text`, special tokens included."""
