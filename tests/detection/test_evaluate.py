@@ -9,13 +9,13 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 
+from domainvlm.detection.coco import CategorySplit, CocoDataset, read_coco
 from domainvlm.detection.evaluate import (
     category_table,
     coco_metrics,
@@ -28,8 +28,8 @@ from domainvlm.detection.types import DetectionInputError, Detections, RegionSco
 VOCABULARY = ["red mug", "blue mug", "red can", "blue can", "green box", "yellow ball"]
 # "red can" has no object anywhere; "yellow ball" is in the dataset but in neither group.
 # Novel not in id order: figures must follow the category ids, not the split's order.
-SPLIT_FIELDS = {"name": "test", "base": ("red mug", "blue mug", "red can"),
-                "novel": ("green box", "blue can")}
+SPLIT = CategorySplit(name="test", base=("red mug", "blue mug", "red can"),
+                      novel=("green box", "blue can"))
 SCORED = VOCABULARY[:5]  # the split's categories: what regions are scored against
 
 # Two 200x100 images. Objects by (image, name, xyxy box).
@@ -42,58 +42,6 @@ OBJECTS = [
     (2, "blue can", (110, 10, 150, 50)),   # E
     (2, "green box", (60, 50, 100, 90)),   # F
 ]
-
-
-# --- temporary stand-in for domainvlm.detection.coco (branch `world`): replaced on merge -------
-@dataclass(frozen=True)
-class CategorySplit:
-    name: str
-    base: tuple[str, ...]
-    novel: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class CocoImage:
-    id: int
-    path: Path
-    width: int
-    height: int
-
-
-@dataclass(frozen=True)
-class CocoDataset:
-    images: tuple[CocoImage, ...]
-    categories: dict[int, str]
-    boxes: dict[int, torch.Tensor]
-    labels: dict[int, list[int]]
-    source: Path
-
-    def category_id(self, name: str) -> int:
-        return {n: c for c, n in self.categories.items()}[name]
-
-    def names(self) -> list[str]:
-        return [self.categories[c] for c in sorted(self.categories)]
-
-
-def read_coco(instances: Path) -> CocoDataset:
-    data = json.loads(instances.read_text())
-    images = tuple(CocoImage(i["id"], instances.parent / i["file_name"], i["width"], i["height"])
-                   for i in data["images"])
-    boxes: dict[int, list] = {i.id: [] for i in images}
-    labels: dict[int, list[int]] = {i.id: [] for i in images}
-    for a in data["annotations"]:
-        if a.get("iscrowd", 0):
-            continue
-        x, y, w, h = a["bbox"]
-        boxes[a["image_id"]].append([x, y, x + w, y + h])
-        labels[a["image_id"]].append(a["category_id"])
-    return CocoDataset(images, {c["id"]: c["name"] for c in data["categories"]},
-                       {k: torch.tensor(v, dtype=torch.float32).reshape(-1, 4)
-                        for k, v in boxes.items()}, labels, instances)
-# --- end of stand-in ---------------------------------------------------------------------------
-
-
-SPLIT = CategorySplit(**SPLIT_FIELDS)
 
 
 def write_dataset(folder: Path, objects, *, crowd=(), size=(200, 100), images=2,
@@ -336,3 +284,24 @@ def test_category_table_lists_base_then_novel_with_figures(scenes):
 def test_bad_input_is_one_clear_error(scenes, call, words):
     with pytest.raises(DetectionInputError, match=words):
         call(scenes)
+
+
+# --- the tabletop world, as the demo evaluates it ----------------------------------------------
+
+
+def test_the_worlds_own_boxes_score_perfectly_on_its_split(tmp_path):
+    from domainvlm.detection.coco import read_split
+    from domainvlm.nano.tabletop_world import write_tabletop
+
+    folder = write_tabletop(tmp_path / "test", split="easy", images=3, labels="all", seed=7)
+    dataset = read_coco(folder / "instances.json")
+    split = read_split(folder / "split.json", dataset)
+    truth = {image.id: Detections(boxes=dataset.boxes[image.id],
+                                  scores=torch.full((len(dataset.labels[image.id]),), 0.9),
+                                  labels=[dataset.categories[c] for c in dataset.labels[image.id]])
+             for image in dataset.images}
+    metrics = coco_metrics(dataset, truth, split)
+    assert metrics["all"] == {"AP": pytest.approx(1.0), "AP50": pytest.approx(1.0)}
+    assert sum(row["instances"] for row in metrics["per_category"].values()) == sum(
+        len(labels) for labels in dataset.labels.values())
+    assert proposal_recall(dataset, dataset.boxes, split)["all"] == 1.0
