@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from PIL import Image
 
-from domainvlm.detection.coco import CategorySplit, CocoDataset
+from domainvlm.detection.coco import CategorySplit, CocoDataset, subset
 from domainvlm.detection.detector import Detector
 from domainvlm.detection.evaluate import coco_metrics, label_accuracy, proposal_recall
 from domainvlm.detection.types import Detections, RegionScores
@@ -42,11 +42,11 @@ def _detections(regions: dict[int, RegionScores]) -> dict[int, Detections]:
             for image_id, r in regions.items()}
 
 
-def _row(dataset: CocoDataset, split: CategorySplit, regions: dict[int, RegionScores],
-         image_ids: list[int] | None = None) -> tuple[dict, dict[int, Detections]]:
+def _row(dataset: CocoDataset, split: CategorySplit,
+         regions: dict[int, RegionScores]) -> tuple[dict, dict[int, Detections]]:
     found = _detections(regions)
-    return {"coco": coco_metrics(dataset, found, split, image_ids=image_ids),
-            "accuracy": label_accuracy(dataset, regions, split, image_ids=image_ids)}, found
+    return {"coco": coco_metrics(dataset, found, split),
+            "accuracy": label_accuracy(dataset, regions, split)}, found
 
 
 def assess(detector: Detector, dataset: CocoDataset, split: CategorySplit, *, teacher=None,
@@ -76,20 +76,20 @@ def assess(detector: Detector, dataset: CocoDataset, split: CategorySplit, *, te
     result.recall = proposal_recall(dataset, {i: o.proposals for i, o in outputs.items()}, split)
     result.proposals_per_image = sum(len(o.proposals) for o in outputs.values()) / len(outputs)
     if teacher is not None and teacher_images > 0:
-        subset = [entry.id for entry in dataset.images[:teacher_images]]
+        part = subset(dataset, [entry.id for entry in dataset.images[:teacher_images]])
+        ids = [entry.id for entry in part.images]
         teacher_regions, seconds = {}, 0.0
-        with reporter.task("teacher crop-and-classify (same proposals)", len(subset)) as adv:
-            for image_id in subset:
+        with reporter.task("teacher crop-and-classify (same proposals)", len(ids)) as adv:
+            for image_id in ids:
                 start = time.perf_counter()
                 teacher_regions[image_id] = teacher.classify_regions(
                     pictures[image_id], outputs[image_id].proposals, vocabulary)
                 seconds += time.perf_counter() - start
                 adv()
-        result.teacher_seconds = seconds / len(subset)
-        result.teacher_images = len(subset)
-        result.rows["teacher crop-and-classify"] = _row(dataset, split, teacher_regions,
-                                                          subset)[0]
-        ensemble = detector.score([outputs[i] for i in subset], vocabulary)
+        result.teacher_seconds = seconds / len(ids)
+        result.teacher_images = len(ids)
+        result.rows["teacher crop-and-classify"] = _row(part, split, teacher_regions)[0]
+        ensemble = detector.score([outputs[i] for i in ids], vocabulary)
         result.rows["ViLD (ensemble), same images"] = _row(
-            dataset, split, dict(zip(subset, ensemble, strict=True)), subset)[0]
+            part, split, dict(zip(ids, ensemble, strict=True)))[0]
     return result

@@ -230,7 +230,7 @@ def distill(config: DistillConfig, output: Path, *, resume: bool = False,
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
                 optimizer.step()
                 scheduler.step()
-                advance(loss=float(total), **{k.removeprefix("loss_"): float(v)
+                advance(loss=total.item(), **{k.removeprefix("loss_"): v.item()
                                               for k, v in losses.items()
                                               if k in ("loss_text", "loss_image")})
                 done = step + 1

@@ -15,7 +15,7 @@ from typing import Any, Literal
 from domainvlm.atomic import new_folder, ordinary_modes
 
 KINDS = ("owlv2", "owlvit", "grounding-dino", "clip")
-TEXT_TOKENS = 16  # the CLIP/OWL text tower's positions; OWL pads every prompt to this length
+TEXT_TOKENS = 32  # the CLIP/OWL text tower's positions; OWL pads every prompt to this length
 DINO_TEXT_TOKENS = 32  # Grounding DINO's max_text_len: all prompts together, with [CLS]/[SEP]
 IMAGE_SIDE = 64  # pixels the vision towers see (patch 8: an 8x8 grid, 64 OWL boxes)
 

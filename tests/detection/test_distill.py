@@ -11,13 +11,13 @@ import torch
 import transformers
 import yaml
 from safetensors.torch import load_file
+from testkit import run_cli
 
 from domainvlm.detection.distill import DistillConfig, distill, load_training_data
 from domainvlm.detection.tiny import build_tiny_detector
 from domainvlm.errors import ConfigError, OutputExistsError, RunInterrupted
 from domainvlm.nano.tabletop_world import SPLITS, write_tabletop
 from domainvlm.progress import Reporter
-from testkit import run_cli
 
 
 @pytest.fixture(scope="module")
