@@ -4,7 +4,9 @@ Grounding DINO reads all prompts as one text ("red mug. blue box.") and scores e
 every token of it; a prompt's probability is the highest of its tokens' (the model's own
 post-processing takes the same maximum over the whole text). Its text features are fused with
 the image's inside the encoder, so no text embedding can be reused across images: what is cached
-per prompt set is the tokenised text and each prompt's token span.
+per prompt set is the tokenised text and each prompt's token span. Images of one batch are
+padded to a common size (the processor's pixel mask), as transformers does, so an image's boxes
+can shift slightly with its batch mates; OWL resizes every image alone and does not.
 """
 
 from __future__ import annotations
