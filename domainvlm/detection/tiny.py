@@ -80,7 +80,9 @@ def _towers(tok: Any) -> dict[str, Any]:
             "bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id}
     vision = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
               "num_attention_heads": 2, "image_size": IMAGE_SIDE, "patch_size": 8}
-    return {"text_config": text, "vision_config": vision, "projection_dim": 16}
+    # OWL's class head compares projected text with a text-width image embedding: equal widths
+    return {"text_config": text, "vision_config": vision, "projection_dim": 32,
+            "initializer_range": 0.02}
 
 
 def _clip() -> tuple[Any, Any]:
@@ -90,6 +92,16 @@ def _clip() -> tuple[Any, Any]:
     side = {"height": IMAGE_SIDE, "width": IMAGE_SIDE}
     images = CLIPImageProcessor(size={"shortest_edge": IMAGE_SIDE}, crop_size=side)
     return CLIPModel(CLIPConfig(**_towers(tok))), CLIPProcessor(images, tok)
+
+
+def _wider_boxes(model: Any) -> Any:
+    """Random OWL box heads draw each box one patch wide; widen them to ~2 patches so that
+    neighbours overlap, as a trained OWL's boxes do, and non-maximum suppression has work."""
+    import torch
+
+    with torch.no_grad():
+        model.box_head.dense2.bias[2:] = 1.0  # added to the log-odds of width and height
+    return model
 
 
 def _owlv2() -> tuple[Any, Any]:
@@ -102,7 +114,8 @@ def _owlv2() -> tuple[Any, Any]:
 
     tok = _clip_tokenizer()
     images = Owlv2ImageProcessor(size={"height": IMAGE_SIDE, "width": IMAGE_SIDE})
-    return Owlv2ForObjectDetection(Owlv2Config(**_towers(tok))), Owlv2Processor(images, tok)
+    model = _wider_boxes(Owlv2ForObjectDetection(Owlv2Config(**_towers(tok))))
+    return model, Owlv2Processor(images, tok)
 
 
 def _owlvit() -> tuple[Any, Any]:
@@ -116,7 +129,8 @@ def _owlvit() -> tuple[Any, Any]:
     tok = _clip_tokenizer()
     side = {"height": IMAGE_SIDE, "width": IMAGE_SIDE}
     images = OwlViTImageProcessor(size=side, crop_size=side)
-    return OwlViTForObjectDetection(OwlViTConfig(**_towers(tok))), OwlViTProcessor(images, tok)
+    model = _wider_boxes(OwlViTForObjectDetection(OwlViTConfig(**_towers(tok))))
+    return model, OwlViTProcessor(images, tok)
 
 
 def _grounding_dino() -> tuple[Any, Any]:
