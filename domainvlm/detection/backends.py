@@ -19,7 +19,6 @@ from PIL import Image
 
 from domainvlm.detection.types import (
     DetectionInputError,
-    Detections,
     RegionScores,
     as_rgb,
     check_prompts,
@@ -82,20 +81,6 @@ def checked_images(images: Sequence[Image.Image]) -> list[Image.Image]:
 
 def batches(images: list[Image.Image]) -> list[list[Image.Image]]:
     return [images[start:start + BATCH] for start in range(0, len(images), BATCH)]
-
-
-def detect_with(regions: Callable[[list[Image.Image], Sequence[str]], list[RegionScores]],
-                images: Image.Image | Sequence[Image.Image], prompts: Sequence[str], *,
-                score_threshold: float, nms_threshold: float) -> Detections | list[Detections]:
-    """`regions` thresholded and suppressed by `RegionScores.detections`: one image in gives one
-    `Detections`, a list gives a list."""
-    for flag, value in (("score_threshold", score_threshold), ("nms_threshold", nms_threshold)):
-        if not 0.0 <= value <= 1.0:
-            raise DetectionInputError(f"{flag} must be between 0 and 1, not {value}")
-    single = isinstance(images, Image.Image)
-    found = [r.detections(score_threshold=score_threshold, nms_threshold=nms_threshold)
-             for r in regions([images] if single else list(images), prompts)]
-    return found[0] if single else found
 
 
 def image_regions(image_processor: Any, logits: torch.Tensor, pred_boxes: torch.Tensor,

@@ -25,7 +25,13 @@ from domainvlm.detection.student import (
     ViLDStudent,
     score_regions,
 )
-from domainvlm.detection.types import Detections, RegionScores, as_rgb, check_prompts
+from domainvlm.detection.types import (
+    Detections,
+    RegionScores,
+    as_rgb,
+    check_prompts,
+    detect_with,
+)
 from domainvlm.errors import ModelLoadError
 
 MODEL_FILE = "model.safetensors"
@@ -134,11 +140,8 @@ class Detector:
                score_threshold: float = DEFAULT_SCORE_THRESHOLD,
                nms_threshold: float = DEFAULT_NMS_THRESHOLD) -> Detections | list[Detections]:
         """Boxes, scores and labels (the prompt text) for one image or a batch."""
-        single = isinstance(images, Image.Image)
-        batch = [images] if single else list(images)
-        found = [r.detections(score_threshold=score_threshold, nms_threshold=nms_threshold)
-                 for r in self.regions(batch, prompts)]
-        return found[0] if single else found
+        return detect_with(self.regions, images, prompts, score_threshold=score_threshold,
+                           nms_threshold=nms_threshold)
 
 
 def load_detector(source: str | Path, *, backend: str | None = None, device: str = "cpu"):

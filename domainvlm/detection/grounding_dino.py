@@ -23,11 +23,15 @@ from domainvlm.detection.backends import (
     PromptCache,
     batches,
     checked_images,
-    detect_with,
     image_regions,
     read_model_type,
 )
-from domainvlm.detection.types import DetectionInputError, Detections, RegionScores
+from domainvlm.detection.types import (
+    DetectionInputError,
+    Detections,
+    RegionScores,
+    detect_with,
+)
 
 SEPARATORS = (".", "?")  # the model's code ends a phrase at these tokens
 

@@ -19,11 +19,10 @@ from domainvlm.detection.backends import (
     PromptCache,
     batches,
     checked_images,
-    detect_with,
     image_regions,
     read_model_type,
 )
-from domainvlm.detection.types import Detections, RegionScores
+from domainvlm.detection.types import Detections, RegionScores, detect_with
 
 
 class OwlDetector:

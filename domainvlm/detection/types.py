@@ -6,7 +6,7 @@ and Grounding DINO refuse the same bad input with the same words and their resul
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -113,3 +113,17 @@ class RegionScores:
         keep = keep[:max_detections]
         return Detections(boxes=boxes[keep].float(), scores=scores[keep].float(),
                           labels=[self.vocabulary[int(c)] for c in classes[keep]])
+
+
+def detect_with(regions: Callable[[list[Image.Image], Sequence[str]], list[RegionScores]],
+                images: Image.Image | Sequence[Image.Image], prompts: Sequence[str], *,
+                score_threshold: float, nms_threshold: float) -> Detections | list[Detections]:
+    """`regions` thresholded and suppressed by `RegionScores.detections`: one image in gives one
+    `Detections`, a list gives a list."""
+    for flag, value in (("score_threshold", score_threshold), ("nms_threshold", nms_threshold)):
+        if not 0.0 <= value <= 1.0:
+            raise DetectionInputError(f"{flag} must be between 0 and 1, not {value}")
+    single = isinstance(images, Image.Image)
+    found = [r.detections(score_threshold=score_threshold, nms_threshold=nms_threshold)
+             for r in regions([images] if single else list(images), prompts)]
+    return found[0] if single else found
