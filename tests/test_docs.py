@@ -29,6 +29,11 @@ HUB_MODELS = {
     "llava-hf/llava-1.5-7b-hf": "llava",
     "Qwen/Qwen2.5-VL-3B-Instruct": "qwen2.5-vl",
 }
+# Open-vocabulary detectors and teachers the docs name: tiny random ones of the same kind.
+HUB_DETECTORS = {
+    "google/owlv2-base-patch16-ensemble": "owlv2",
+    "openai/clip-vit-base-patch32": "clip",
+}
 
 # Big numbers made small (regex, replacement): the same commands on a few records and steps.
 SMALLER = [
@@ -37,10 +42,11 @@ SMALLER = [
     (r"\bepochs: 3\b", "epochs: 1"),
     (r"--images 64\b", "--images 4"),  # synth-data scenes
     (r"--patients 40\b", "--patients 10"),  # synthetic CT patients
+    (r"\bsteps: 2000\b", "steps: 4"),  # a distillation run
 ]
 
 # Blocks marked skip, per document: keep this short, and change it only with the Markdown.
-EXPECTED_SKIPS = {"README.md": 7, "docs/engine.md": 2, "docs/detection.md": 2}
+EXPECTED_SKIPS = {"README.md": 8, "docs/engine.md": 2, "docs/detection.md": 1}
 
 
 def _blocks() -> list[Block]:
@@ -104,7 +110,7 @@ class DocRun:
         (folder / "home").mkdir(parents=True)
         _seed(folder)
         self.table = [(rf"(?<![\w/.-]){re.escape(id_)}(?![\w/.-])", str(models[id_]))
-                      for id_ in HUB_MODELS]
+                      for id_ in (*HUB_MODELS, *HUB_DETECTORS)]
         self.table += SMALLER
         env = {k: v for k, v in os.environ.items() if not k.startswith("DOMAINVLM_")}
         self.env = {**env, "PATH": f"{_venv_bin()}{os.pathsep}{env.get('PATH', '')}",
@@ -124,11 +130,14 @@ class DocRun:
 
 @pytest.fixture(scope="module")
 def doc_runs(tmp_path_factory: pytest.TempPathFactory):
+    from domainvlm.detection.tiny import build_tiny_detector
     from domainvlm.tiny import build_tiny_model
 
     models_root = tmp_path_factory.mktemp("hub")
     models = {id_: build_tiny_model(family, models_root / family, seed=0)
               for id_, family in HUB_MODELS.items()}
+    models |= {id_: build_tiny_detector(kind, models_root / kind)
+               for id_, kind in HUB_DETECTORS.items()}
     cache = tmp_path_factory.mktemp("cache")
     runs: dict[str, DocRun] = {}
 
@@ -163,7 +172,7 @@ def test_every_substitution_is_used() -> None:
     texts = [b.text for b in _blocks() if not b.skip]
     for pattern, _ in SMALLER:
         assert any(re.search(pattern, t) for t in texts), f"{pattern!r} matches no block"
-    for hub_id in HUB_MODELS:
+    for hub_id in (*HUB_MODELS, *HUB_DETECTORS):
         assert any(hub_id in t for t in texts), f"{hub_id} is in no block that runs"
 
 

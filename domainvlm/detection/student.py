@@ -43,8 +43,8 @@ class StudentConfig:
 
     embed_dim: int  # the teacher's embedding size: regions and prompts meet there
     frame: tuple[int, int] = (320, 240)  # (width, height) images are scaled to fit
-    channels: tuple[int, ...] = (32, 64, 128, 160)  # body widths; strides 2, 4, 8, 16
-    fpn_channels: int = 128
+    channels: tuple[int, ...] = (24, 48, 96, 128)  # body widths; strides 2, 4, 8, 16
+    fpn_channels: int = 96
     anchor_sizes: tuple[tuple[int, ...], ...] = ((16, 24, 32), (48, 64, 96))  # stride 8, 16
     aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0, 3.0)  # height / width
     box_head_dim: int = 256
@@ -93,15 +93,17 @@ class RegionOutputs:
 
 
 class ConvBody(nn.Module):
-    """Four stride-2 stages of two 3x3 convolutions; returns the stride-8 and 16 maps."""
+    """Four stride-2 stages of 3x3 convolutions (one in the first, at the largest size, where
+    a second costs most; two after); returns the stride-8 and 16 maps."""
 
     def __init__(self, channels: tuple[int, ...]) -> None:
         super().__init__()
         stages, width = [], 3
-        for out in channels:
-            stages.append(nn.Sequential(
-                Conv2dNormActivation(width, out, 3, stride=2),
-                Conv2dNormActivation(out, out, 3)))
+        for index, out in enumerate(channels):
+            layers = [Conv2dNormActivation(width, out, 3, stride=2)]
+            if index:
+                layers.append(Conv2dNormActivation(out, out, 3))
+            stages.append(nn.Sequential(*layers))
             width = out
         self.stages = nn.ModuleList(stages)
 
@@ -175,7 +177,7 @@ class ViLDStudent(nn.Module):
         self.roi_heads = RoIHeads(pool, box_head, ViLDHeads(config.box_head_dim,
                                                              config.embed_dim),
                                   fg_iou_thresh=0.5, bg_iou_thresh=0.5,
-                                  batch_size_per_image=256, positive_fraction=0.25,
+                                  batch_size_per_image=128, positive_fraction=0.25,
                                   bbox_reg_weights=None, score_thresh=0.0, nms_thresh=0.5,
                                   detections_per_img=100)
 
