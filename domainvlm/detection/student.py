@@ -125,7 +125,9 @@ class Backbone(nn.Module):
         self.out_channels = config.fpn_channels
 
     def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
-        maps = self.body(x)
+        # Channels-last: oneDNN's CPU convolutions (backward above all) run several times
+        # faster in it than in torch's default layout.
+        maps = self.body(x.contiguous(memory_format=torch.channels_last))
         return self.fpn(OrderedDict((str(i), m) for i, m in enumerate(maps)))
 
 
@@ -158,7 +160,7 @@ class ViLDStudent(nn.Module):
         width, height = config.frame
         self.transform = GeneralizedRCNNTransform(min(width, height), max(width, height),
                                                   IMAGENET_MEAN, IMAGENET_STD)
-        self.backbone = Backbone(config)
+        self.backbone = Backbone(config).to(memory_format=torch.channels_last)
         anchors = AnchorGenerator(config.anchor_sizes,
                                   (config.aspect_ratios,) * len(config.anchor_sizes))
         self.rpn = RegionProposalNetwork(
