@@ -213,7 +213,7 @@ def test_an_owlv2_detection_checkpoint_loads_its_dual_encoder(tmp_path):
     Owlv2Processor(image_processor=Owlv2ImageProcessor(size={"height": SIDE, "width": SIDE}),
                    tokenizer=tokenizer).save_pretrained(tmp_path)
     owl = Teacher.load(tmp_path)
-    assert type(owl.model).__name__ == "Owlv2Model" and owl.dim == 16
+    assert type(owl.model).__name__ == "Owlv2Model" and owl.dim == 16 and owl.side == SIDE
     square = _scene(4, size=(SIDE, SIDE))
     pixels = owl.processor.image_processor(images=square, return_tensors="pt")["pixel_values"]
     with torch.no_grad():
