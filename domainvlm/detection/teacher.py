@@ -32,6 +32,7 @@ PROMPT_TEMPLATES = ("a photo of a {}.", "a {} on a table.", "a close-up photo of
 BACKGROUND_PROMPT = "an empty table top"
 REGION_SCALES = (1.0, 1.5)
 _BATCH = 256  # crops per forward pass: large enough to keep the CPU busy, small in memory
+_TEXT_MEMO = 16  # prompt sets whose embeddings a teacher keeps in memory
 _CACHE_FORMAT = 1
 _KEY_DISTRIBUTIONS = ("torch", "transformers", "pillow")
 
@@ -121,6 +122,8 @@ class Teacher:
         if key not in self._text_memo:
             texts = [t.format(n) for n in names for t in templates]
             each = self._encode_texts(texts).view(len(names), len(templates), -1)
+            if len(self._text_memo) >= _TEXT_MEMO:  # prompt sets change: keep the recent ones
+                self._text_memo.pop(next(iter(self._text_memo)))
             self._text_memo[key] = _unit(each.mean(dim=1))
         return self._text_memo[key].clone()
 
@@ -179,19 +182,16 @@ class Teacher:
         return RegionScores(boxes=_checked_boxes(boxes).float(), probs=probs,
                             vocabulary=list(names))
 
-    def pixels(self, squares: Sequence[Image.Image] | torch.Tensor) -> torch.Tensor:
-        """The image processor's input for `side`-pixel squares (PIL, or a (B, 3, side, side)
-        uint8 tensor: the faster path, which gives the same values)."""
-        if not isinstance(squares, torch.Tensor):
-            squares = torch.from_numpy(np.stack([np.asarray(s) for s in squares])).permute(
-                0, 3, 1, 2)
-        return self.processor.image_processor(images=squares, return_tensors="pt")[
-            "pixel_values"]
+    def _pixels(self, squares: list[Image.Image]) -> torch.Tensor:
+        """The image processor's input for `side`-pixel squares, given as one uint8 batch (the
+        same values as a list of PIL images, in a fraction of the time)."""
+        batch = torch.from_numpy(np.stack([np.asarray(s) for s in squares])).permute(0, 3, 1, 2)
+        return self.processor.image_processor(images=batch, return_tensors="pt")["pixel_values"]
 
     def _embed_squares(self, squares: list[Image.Image]) -> torch.Tensor:
         parts = []
         for start in range(0, len(squares), _BATCH):
-            pixels = self.pixels(squares[start:start + _BATCH])
+            pixels = self._pixels(squares[start:start + _BATCH])
             with torch.inference_mode():
                 features = self.model.get_image_features(pixel_values=pixels.to(self.device))
             parts.append(_pooled(features).float().cpu())
