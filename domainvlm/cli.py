@@ -335,9 +335,10 @@ def info_command(
         typer.echo(line)
 
 
-nano_app = typer.Typer(help="The nano base model: a small FastVLM pretrained here on synthetic "
-                       "scenes, the default model of `domainvlm demo`.", no_args_is_help=True,
-                       rich_markup_mode=None)
+nano_app = typer.Typer(help="The nano models trained here on synthetic scenes: the base model "
+                       "(a small FastVLM, the default model of `domainvlm demo`) and the nano "
+                       "CLIP (the offline teacher of open-vocabulary detection).",
+                       no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(nano_app, name="nano")
 
 
@@ -369,6 +370,21 @@ def nano_path_command(
 
     path = nano_path(load_recipe(recipe) if recipe else DEFAULT_RECIPE)
     typer.echo(f"{path}  ({'built' if (path / 'config.json').is_file() else 'not built yet'})")
+
+
+@nano_app.command("clip")
+def nano_clip_command(
+    force: Annotated[bool, typer.Option(
+        help="Train it again from its recipe (a few minutes on 2 CPU cores), even though "
+             "the package ships it.")] = False,
+) -> None:
+    """Print the folder of the nano CLIP (a transformers dual encoder), assembling it in the
+    cache on first use."""
+    from domainvlm.nano.clip import nano_clip_path, retrain_nano_clip
+
+    if force:
+        retrain_nano_clip()
+    typer.echo(f"nano CLIP: {nano_clip_path()}")
 
 
 app.command("distill")(distill_command)

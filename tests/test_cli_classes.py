@@ -113,7 +113,7 @@ REMOVERS = {"adapters rm"}  # deletes what it is told: tests/adapters/test_store
 # Rows in the service's database, not files (the key alone on stdout, for scripts):
 # tests/serve/test_db.py checks what they write and print.
 DATABASE_WRITERS = {"serve keys add", "serve keys revoke"}
-CACHE_WRITERS = {"nano pretrain"}  # writes only into domainvlm's own cache
+CACHE_WRITERS = {"nano pretrain", "nano clip"}  # writes only into domainvlm's own cache
 
 
 def args_for(command: str, world: dict[str, Path], out: Path, overwrite: bool) -> list[str]:
@@ -147,6 +147,14 @@ def test_every_command_that_writes_ends_by_saying_where(command, world, tmp_path
     which exists and lies in the output it was given (the nano model: in the cache)."""
     if command in SAID_ELSEWHERE:
         assert Path(ROOT / SAID_ELSEWHERE[command]).read_text().count('f"wrote {out}"') == 1
+        return
+    if command == "nano clip":  # the shipped tensors, assembled into the cache
+        from domainvlm.nano.clip import nano_clip_path
+
+        code, out, err = run(capsys, monkeypatch, "nano", "clip")
+        assert code == 0, err
+        assert out.splitlines()[-1] == f"nano CLIP: {nano_clip_path()}"
+        assert (nano_clip_path() / "config.json").is_file()
         return
     if command in CACHE_WRITERS:  # the tiny recipe, which the fixture builds once a session
         from testkit import TINY_NANO_RECIPE
@@ -247,6 +255,7 @@ DOMAIN = [
     ("demo", ["--output", "{tmp}/o", "--epochs", "inf"],
      r"`--epochs` must be a finite number above 0"),
     ("nano pretrain", ["--no-such-option"], r"no such option"),
+    ("nano clip", ["--no-such-option"], r"no such option"),
     ("nano path", ["extra"], r"unexpected extra argument"),
     ("dicom info", ["{tmp}/nothing"], r"no such file or folder"),
     ("dicom deid", ["{cohort}", "{tmp}/o"], r"no project key: make one with `domainvlm dicom"),

@@ -24,6 +24,10 @@ from transformers import (
     Owlv2ForObjectDetection,
     Owlv2ImageProcessor,
     Owlv2Processor,
+    SiglipConfig,
+    SiglipImageProcessor,
+    SiglipModel,
+    SiglipProcessor,
 )
 
 from domainvlm.detection.teacher import (
@@ -213,12 +217,33 @@ def test_an_owlv2_detection_checkpoint_loads_its_dual_encoder(tmp_path):
     Owlv2Processor(image_processor=Owlv2ImageProcessor(size={"height": SIDE, "width": SIDE}),
                    tokenizer=tokenizer).save_pretrained(tmp_path)
     owl = Teacher.load(tmp_path)
-    assert type(owl.model).__name__ == "Owlv2Model" and owl.dim == 16
+    assert type(owl.model).__name__ == "Owlv2Model" and owl.dim == 16 and owl.side == SIDE
     square = _scene(4, size=(SIDE, SIDE))
     pixels = owl.processor.image_processor(images=square, return_tensors="pt")["pixel_values"]
     with torch.no_grad():
         expected = _unit(detector.owlv2.get_image_features(pixel_values=pixels).pooler_output)
     torch.testing.assert_close(owl.embed_crops([square]), expected, atol=1e-5, rtol=1e-4)
+
+
+def test_siglip_reads_text_padded_to_its_full_length(tmp_path):
+    """SigLIP pools its last position, so it only reads text as trained: padded to the end."""
+    tokenizer = _tokenizer()
+    tower = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                 num_attention_heads=2)
+    model = SiglipModel(SiglipConfig(
+        text_config=dict(vocab_size=tokenizer.vocab_size, max_position_embeddings=MAX_TOKENS,
+                         **tower),
+        vision_config=dict(image_size=SIDE, patch_size=8, **tower))).eval()
+    model.save_pretrained(tmp_path)
+    SiglipProcessor(image_processor=SiglipImageProcessor(size={"height": SIDE, "width": SIDE}),
+                    tokenizer=tokenizer).save_pretrained(tmp_path)
+    siglip = Teacher.load(tmp_path)
+    names = ["red mug", "big blue cardboard box"]
+    tokens = tokenizer(names, padding="max_length", max_length=MAX_TOKENS, return_tensors="pt")
+    with torch.no_grad():
+        expected = _unit(model.get_text_features(**tokens).pooler_output)
+    got = siglip.embed_text(names, templates=("{}",))
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
 
 
 class _Calls:
