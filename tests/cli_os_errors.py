@@ -6,7 +6,7 @@ whose `{readonly}`, `{full}`, `{notdir}` and `{denied}` stand for: a read-only f
 full one, a path under a regular file, and a folder this process may not write (prepared by the
 caller: owned by a user this namespace does not map). Writes results.json beside CASES: per
 case the exit code, stderr, and what was left behind (hidden temp files anywhere; for commands
-other than finetune, whose run folder is its record, anything at all).
+other than finetune and distill, whose run folders are their record, anything at all).
 """
 
 from __future__ import annotations
@@ -38,13 +38,16 @@ def prepare(root: Path) -> dict[str, Path]:
     return places
 
 
+RUN_RECORDS = ("finetune", "distill")  # a run folder with checkpoints: resumable, kept
+
+
 def left_behind(place: Path, command: str) -> list[str]:
     if not place.is_dir():
         return []
     found = [p for p in place.rglob("*") if p.name != "filler"
              and not (p.is_dir() and not any(p.iterdir()))]  # an empty folder holds nothing
     hidden = [p for p in found if p.name.startswith(".") and p.name != ".domainvlm-output.json"]
-    return sorted(str(p.relative_to(place)) for p in (hidden if command == "finetune" else found))
+    return sorted(str(p.relative_to(place)) for p in (hidden if command in RUN_RECORDS else found))
 
 
 def main() -> None:

@@ -34,10 +34,9 @@ def leaf_commands() -> set[str]:
     """Every command path the installed CLI offers ("finetune", "dicom deid", ...)."""
     def walk(command, path=()):
         subs = getattr(command, "commands", None)
-        if not subs:
-            yield " ".join(path)
-            return
-        for name, sub in subs.items():
+        if not subs or getattr(command, "invoke_without_command", False):
+            yield " ".join(path)  # a group that runs when named alone (`demo`) is one too
+        for name, sub in (subs or {}).items():
             yield from walk(sub, (*path, name))
 
     return set(walk(typer.main.get_command(cli.app)))
@@ -76,11 +75,53 @@ def world(tiny_models, shapes_data, tmp_path_factory) -> dict[str, Path]:
     store = AdapterStore(root / "store")
     store.add(adapter, "shapes")
     archive = store.export(root / "adapters.tar")
-    return {"model": model, "adapter": adapter, "data": shapes_data["train"],
+    return {**detection_world(root / "detection"),
+            "model": model, "adapter": adapter, "data": shapes_data["train"],
             "held_out": shapes_data["eval"],
             "cohort": root / "cohort", "series": root / "cohort" / "patient-0000",
             "labels": labels, "rad": rad, "cache": root / "cache", "store": store.root,
             "archive": archive}
+
+
+def detection_world(root: Path) -> dict[str, Path]:
+    """What the detection commands read: a tabletop scene, a tiny CLIP teacher, a random
+    student of it, COCO data, and small distill and robot-demo recipes."""
+    import torch
+    import yaml
+
+    from domainvlm.detection.demo import RECIPE
+    from domainvlm.detection.detector import Detector
+    from domainvlm.detection.student import ScoringParams, StudentConfig, ViLDStudent
+    from domainvlm.detection.teacher import Teacher
+    from domainvlm.detection.tiny import build_tiny_detector
+    from domainvlm.nano.tabletop_world import render_scene, write_tabletop
+
+    root.mkdir(parents=True)
+    render_scene(3, size=(160, 120))[0].save(root / "scene.png")
+    teacher_folder = build_tiny_detector("clip", root / "teacher")
+    teacher = Teacher.load(teacher_folder)
+    torch.manual_seed(0)
+    small = {"channels": [8, 16, 16, 16], "fpn_channels": 16, "box_head_dim": 32,
+             "proposals_train": 32, "proposals_test": 16, "frame": [160, 120]}
+    student = ViLDStudent(StudentConfig.from_dict({**StudentConfig(teacher.dim).to_dict(),
+                                                   **small, "embed_dim": teacher.dim}))
+    Detector(student, teacher, base=("red mug",), scoring=ScoringParams()).save(root / "det")
+    write_tabletop(root / "coco", images=4, size=(160, 120), labels="base")
+    distill_recipe = root / "distill.yaml"
+    distill_recipe.write_text(yaml.safe_dump({
+        "train": str(root / "coco" / "instances.json"), "split": str(root / "coco" /
+                                                                    "split.json"),
+        "teacher": str(teacher_folder), "steps": 2, "batch_size": 2, "warmup_steps": 1,
+        "distill_proposals": 2, "student": small}))
+    demo = yaml.safe_load(RECIPE.read_text())
+    demo["teacher"] = str(teacher_folder)
+    demo["world"].update(size=[160, 120], train_images=4, validation_images=2, test_images=2)
+    demo["distill"].update(steps=2, batch_size=2, distill_proposals=2)
+    demo["evaluation"].update(teacher_images=1, gallery=1)
+    robot_recipe = root / "robot.yaml"
+    robot_recipe.write_text(yaml.safe_dump(demo))
+    return {"scene": root / "scene.png", "detector": root / "det",
+            "distill_recipe": distill_recipe, "robot_recipe": robot_recipe}
 
 
 # Command -> arguments that write OUTPUT (a folder; "{out}/file.out" for commands that write a
@@ -95,6 +136,10 @@ WRITERS = {
     "tiny-model": (["tiny-model", "--family", "llava", "--output", "{out}"], True),
     "synth-data": (["synth-data", "--output", "{out}", "--images", "4"], True),
     "demo": (["demo", "--output", "{out}", "--patients", "10", "--epochs", "0.1"], True),
+    "demo robot": (["demo", "robot", "--output", "{out}", "--config", "{robot_recipe}"], True),
+    "distill": (["distill", "--config", "{distill_recipe}", "--output", "{out}"], True),
+    "detect": (["detect", "{scene}", "--model", "{detector}", "--prompt", "red mug",
+                "-o", "{out}/file.out"], True),
     "dicom deid": (["dicom", "deid", "{cohort}", "{out}", "--project-key", KEY], False),
     "dicom synth": (["dicom", "synth", "{out}", "--patients", "1", "--slices", "4",
                      "--size", "32"], False),
@@ -113,6 +158,7 @@ REMOVERS = {"adapters rm"}  # deletes what it is told: tests/adapters/test_store
 # Rows in the service's database, not files (the key alone on stdout, for scripts):
 # tests/serve/test_db.py checks what they write and print.
 DATABASE_WRITERS = {"serve keys add", "serve keys revoke"}
+SERVICES = {"serve"}  # runs until stopped: tests/serve/ start it, bad input included, and stop it
 CACHE_WRITERS = {"nano pretrain", "nano clip"}  # writes only into domainvlm's own cache
 
 
@@ -128,7 +174,7 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 
 
 def test_the_tables_cover_every_command():
-    assert leaf_commands() == (set(WRITERS) | READERS | CACHE_WRITERS | REMOVERS
+    assert leaf_commands() == (set(WRITERS) | READERS | CACHE_WRITERS | REMOVERS | SERVICES
                                | DATABASE_WRITERS | set(c[0] for c in DOMAIN))
 
 
@@ -140,7 +186,8 @@ FAST = {"dicom build-vqa": ["--strategy", "slices", "--count", "1"]}  # later op
 
 
 @pytest.mark.parametrize("command",
-                         sorted(leaf_commands() - READERS - REMOVERS - DATABASE_WRITERS))
+                         sorted(leaf_commands() - READERS - REMOVERS - DATABASE_WRITERS
+                                - SERVICES))
 def test_every_command_that_writes_ends_by_saying_where(command, world, tmp_path, capsys,
                                                         monkeypatch, request):
     """A command not listed in READERS writes; its last line of output names what it wrote,
@@ -202,6 +249,9 @@ INPUT_INSIDE = {
     "merge": lambda w, out: ["--output", w["adapter"].parent],
     "demo": lambda w, out: ["--model", _copy(w["model"], out)],
     "dicom render": lambda w, out: ["--overwrite"],  # below: the output is the input file
+    "distill": lambda w, out: ["--config", _copy(w["distill_recipe"], out)],
+    "demo robot": lambda w, out: ["--config", _copy(w["robot_recipe"], out)],
+    "detect": lambda w, out: ["-o", w["scene"]],  # the drawing would replace its input
 }
 
 
@@ -256,6 +306,13 @@ DOMAIN = [
      r"`--epochs` must be a finite number above 0"),
     ("nano pretrain", ["--no-such-option"], r"no such option"),
     ("nano clip", ["--no-such-option"], r"no such option"),
+    ("distill", ["--config", "{distill_recipe}", "--output", "{tmp}/o", "--resume"],
+     r"holds no `domainvlm distill` checkpoint"),
+    ("detect", ["{scene}", "--model", "{detector}", "--prompt", "red mug",
+                "--score-threshold", "1.5"], r"--score-threshold.*0<=x<=1"),
+    ("detect", ["{scene}", "--model", "{detector}", "--prompt", "  "], r"prompt 1 is blank"),
+    ("demo robot", ["--output", "{tmp}/o", "--steps", "0"], r"--steps.*greater than or equal"),
+    ("demo robot", ["--output", "{tmp}/o", "--split", "medium"], r"medium.*easy, hard"),
     ("nano path", ["extra"], r"unexpected extra argument"),
     ("dicom info", ["{tmp}/nothing"], r"no such file or folder"),
     ("dicom deid", ["{cohort}", "{tmp}/o"], r"no project key: make one with `domainvlm dicom"),

@@ -40,7 +40,7 @@ def distill_command(
         typer.echo(f"{stop}\nresume with: domainvlm distill --config {config} --output "
                    f"{output} --resume", err=True)
         sys.exit(130)
-    typer.echo(str(final))
+    typer.echo(f"wrote {final}")
 
 
 def detect_command(
@@ -61,6 +61,8 @@ def detect_command(
     json_output: Annotated[bool, typer.Option("--json", help="Print JSON: per image, boxes "
                                                "(x1, y1, x2, y2 pixels), scores, labels.")]
     = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace OUTPUT (a file, or an earlier "
+                                                 "`detect` folder).")] = False,
 ) -> None:
     """Find objects named in words: boxes, labels and scores per image.
 
@@ -71,8 +73,11 @@ def detect_command(
     from PIL import Image
 
     from domainvlm.detection.detector import load_detector
-    from domainvlm.detection.draw import draw_detections
     from domainvlm.errors import ModelLoadError
+    from domainvlm.outputs import check_file
+
+    if output is not None and len(images) == 1:
+        check_file(output, inputs=images, overwrite=overwrite)
 
     source = model or DEMO_DETECTOR
     if model is None and not Path(source).is_dir():
@@ -101,14 +106,29 @@ def detect_command(
                 x1, y1, x2, y2 = (round(v) for v in box)
                 typer.echo(f"  {label:<24} {score:.2f}  [{x1}, {y1}, {x2}, {y2}]")
     if output is not None:
-        from domainvlm.atomic import atomic_file
+        _draw(output, images, opened, found, overwrite=overwrite)
+        typer.echo(f"wrote {output}", err=json_output)  # stdout stays JSON with --json
 
-        targets = ([output] if len(images) == 1
-                   else [output / f"{path.stem}-detections.png" for path in images])
-        for image, d, target in zip(opened, found, targets, strict=True):
-            with atomic_file(target) as handle:
-                draw_detections(image, d).save(handle, format="PNG")
-        typer.echo(f"drawn: {output}", err=True)
+
+def _draw(output: Path, paths: list[Path], images, found, *, overwrite: bool) -> None:
+    """One input: the file OUTPUT; several: OUTPUT/<name>-detections.png in a new folder."""
+    import io
+
+    from domainvlm.atomic import write_bytes
+    from domainvlm.detection.draw import draw_detections
+    from domainvlm.outputs import new_output
+
+    def png(image, detections) -> bytes:
+        buffer = io.BytesIO()
+        draw_detections(image, detections).save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    if len(paths) == 1:
+        write_bytes(output, png(images[0], found[0]))
+        return
+    with new_output(output, "detect", inputs=paths, overwrite=overwrite) as folder:
+        for path, image, detections in zip(paths, images, found, strict=True):
+            write_bytes(folder / f"{path.stem}-detections.png", png(image, detections))
 
 
 def robot_demo_command(
@@ -133,4 +153,4 @@ def robot_demo_command(
 
     report = run_robot_demo(output, config=config, split=split, steps=steps,
                             overwrite=overwrite)
-    typer.echo(str(report))
+    typer.echo(f"wrote {report}")

@@ -13,10 +13,12 @@ from pathlib import Path
 import yaml
 
 from domainvlm.atomic import write_json
-from domainvlm.errors import ConfigError, OutputExistsError
+from domainvlm.errors import ConfigError
+from domainvlm.outputs import check_folder, claim_folder
 from domainvlm.progress import Reporter
 
 RECIPE = Path(__file__).with_name("robot-demo.yaml")
+COMMAND = "demo robot"
 
 
 def load_recipe(path: Path | None, *, split: str | None, steps: int | None) -> dict:
@@ -39,12 +41,7 @@ def run_robot_demo(output: Path, *, config: Path | None = None, split: str | Non
                    steps: int | None = None, overwrite: bool = False,
                    reporter: Reporter | None = None) -> Path:
     """World -> teacher -> distillation -> evaluation -> OUTPUT/report.md."""
-    from domainvlm.detection.assess import assess
-    from domainvlm.detection.coco import read_coco, read_split
-    from domainvlm.detection.detector import Detector
-    from domainvlm.detection.distill import DistillConfig, distill
-    from domainvlm.detection.teacher import Teacher
-    from domainvlm.nano.tabletop_world import SPLITS, write_tabletop
+    from domainvlm.nano.tabletop_world import SPLITS
 
     reporter = reporter or Reporter()
     recipe = load_recipe(config, split=split, steps=steps)
@@ -52,12 +49,24 @@ def run_robot_demo(output: Path, *, config: Path | None = None, split: str | Non
     if world["split"] not in SPLITS:
         raise ConfigError(f"world.split is {world['split']!r}: one of {', '.join(SPLITS)}")
     output = Path(output)
-    if output.exists() and any(output.iterdir()):
-        if not overwrite:
-            raise OutputExistsError(f"{output} holds an earlier demo: pass --overwrite to "
-                                    "replace it, or choose another --output")
-        shutil.rmtree(output)
-    output.mkdir(parents=True)
+    check_folder(output, COMMAND, inputs=[config, recipe.get("teacher")], overwrite=overwrite)
+    try:
+        claim_folder(output, COMMAND, overwrite=overwrite)
+        return _stages(output, recipe, reporter)
+    except BaseException:  # a failed or interrupted demo leaves no half demo behind
+        shutil.rmtree(output, ignore_errors=True)
+        raise
+
+
+def _stages(output: Path, recipe: dict, reporter: Reporter) -> Path:
+    from domainvlm.detection.assess import assess
+    from domainvlm.detection.coco import read_coco, read_split
+    from domainvlm.detection.detector import Detector
+    from domainvlm.detection.distill import DistillConfig, distill
+    from domainvlm.detection.teacher import Teacher
+    from domainvlm.nano.tabletop_world import write_tabletop
+
+    world = recipe["world"]
     write_json(output / "recipe.json", recipe)
     started = time.perf_counter()
     timings = {}

@@ -23,6 +23,7 @@ from domainvlm.detection.student import (
     ScoringParams,
     StudentConfig,
     ViLDStudent,
+    control_embeddings,
     score_regions,
 )
 from domainvlm.detection.types import (
@@ -125,10 +126,13 @@ class Detector:
               scoring: ScoringParams | None = None) -> list[RegionScores]:
         embeddings, is_base = self.prompt_embeddings(prompts)
         names = list(self._prompts[0])
+        scoring = scoring or self.scoring
+        if scoring.mode == "control":
+            embeddings = control_embeddings(names, embeddings.shape[1])
         with torch.inference_mode():
             return [RegionScores(boxes=out.boxes,
                                  probs=score_regions(out, self.student.heads, embeddings,
-                                                     is_base, scoring or self.scoring),
+                                                     is_base, scoring),
                                  vocabulary=names) for out in outputs]
 
     def regions(self, images: Sequence[Image.Image], prompts: Sequence[str]) -> list[RegionScores]:

@@ -21,17 +21,23 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 import yaml
 from PIL import Image
 
 from domainvlm.atomic import atomic_file, new_folder, write_json
 from domainvlm.detection.coco import CategorySplit, CocoDataset, read_coco, read_split, restrict
 from domainvlm.detection.detector import Detector, image_tensor
-from domainvlm.detection.student import ScoringParams, StudentConfig, ViLDStudent
+from domainvlm.detection.student import (
+    ScoringParams,
+    StudentConfig,
+    ViLDStudent,
+    control_embeddings,
+)
 from domainvlm.errors import ConfigError, OutputExistsError
+from domainvlm.outputs import check_folder, claim_folder, refuse_inputs_inside, written_by
 from domainvlm.progress import Reporter
 
+COMMAND = "distill"
 CHECKPOINT = "checkpoint.pt"
 FINAL = "detector"
 
@@ -131,12 +137,6 @@ def _schedule(config: DistillConfig):
     return factor
 
 
-def control_embeddings(count: int, dim: int, seed: int) -> torch.Tensor:
-    """Random unit vectors standing in for category names (the control's "text space")."""
-    generator = torch.Generator().manual_seed(seed)
-    return F.normalize(torch.randn(count, dim, generator=generator), dim=-1)
-
-
 def _batch(data: TrainingData, indices: list[int], flips: list[bool],
            distill: tuple[list[torch.Tensor], list[torch.Tensor]] | None):
     images, targets, boxes, embeds = [], [], [], []
@@ -171,19 +171,29 @@ def distill(config: DistillConfig, output: Path, *, resume: bool = False,
     reporter = reporter or Reporter()
     output = Path(output)
     checkpoint_path = output / CHECKPOINT
-    if output.exists() and any(output.iterdir()) and not (resume or overwrite):
-        raise OutputExistsError(f"{output} already holds a run: --resume continues it, "
-                                "--overwrite starts again")
-    if resume and not checkpoint_path.is_file():
-        raise ConfigError(f"--resume: {checkpoint_path} does not exist (no checkpoint yet); "
-                          "start without --resume")
+    inputs = [config.train, config.split, config.validation, config.teacher]
+    if resume:
+        if written_by(output) != COMMAND or not checkpoint_path.is_file():
+            raise ConfigError(f"--resume: {output} holds no `domainvlm distill` checkpoint "
+                              f"({CHECKPOINT}); start without --resume")
+        refuse_inputs_inside(output, COMMAND, inputs)
+    else:
+        try:
+            check_folder(output, COMMAND, inputs=inputs, overwrite=overwrite)
+        except OutputExistsError as exc:
+            if written_by(output) == COMMAND and not overwrite:
+                raise OutputExistsError(f"{output} holds an earlier `domainvlm distill` run: "
+                                        "--resume continues it, --overwrite starts again") \
+                    from None
+            raise exc from None
     torch.manual_seed(config.seed)
     teacher = Teacher.load(config.teacher)
     data = load_training_data(config, reporter)  # bad data fails before OUTPUT is touched
-    output.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        claim_folder(output, COMMAND, overwrite=overwrite)
     write_json(output / "config.json", config.to_dict())
     classes = teacher.embed_text(data.split.base)
-    control = control_embeddings(len(data.split.base), teacher.dim, config.seed)
+    control = control_embeddings(data.split.base, teacher.dim)
     student_config = StudentConfig.from_dict({**StudentConfig(embed_dim=teacher.dim).to_dict(),
                                               **config.student, "embed_dim": teacher.dim})
     model = ViLDStudent(student_config)
@@ -254,7 +264,7 @@ def distill(config: DistillConfig, output: Path, *, resume: bool = False,
         detector.scoring = tune_scoring(detector, read_coco(config.validation), data.split,
                                         reporter)
     final = output / FINAL
-    if final.exists():
+    if final.exists():  # a resumed run that had finished: its detector is made again
         import shutil
 
         shutil.rmtree(final)

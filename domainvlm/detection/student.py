@@ -18,7 +18,9 @@ could replace it.
 
 from __future__ import annotations
 
+import zlib
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -272,10 +274,21 @@ class ViLDStudent(nn.Module):
                                                     strict=True)]
 
 
+def control_embeddings(names: Sequence[str], dim: int) -> torch.Tensor:
+    """A random unit vector per name, fixed by the name alone: the control's "text space",
+    which knows each name apart but nothing of what it means."""
+    rows = []
+    for name in names:
+        generator = torch.Generator().manual_seed(zlib.crc32(name.lower().encode()))
+        rows.append(torch.randn(dim, generator=generator))
+    return F.normalize(torch.stack(rows), dim=-1)
+
+
 def score_regions(out: RegionOutputs, heads: ViLDHeads, prompts: torch.Tensor,
                   is_base: torch.Tensor, params: ScoringParams) -> torch.Tensor:
     """Class probabilities (K, C) of one image's regions for `prompts` (C, D) text embeddings;
-    `is_base` (C,) marks prompts that were training categories (ViLD's ensemble weights)."""
+    `is_base` (C,) marks prompts that were training categories (ViLD's ensemble weights). In
+    "control" mode `prompts` are the names' `control_embeddings`."""
     background = F.normalize(heads.background, dim=0)[None]
 
     def with_background(embeddings: torch.Tensor, temperature: float) -> torch.Tensor:
