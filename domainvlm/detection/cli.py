@@ -142,6 +142,9 @@ def robot_demo_command(
     = None,
     steps: Annotated[Optional[int], typer.Option(  # noqa: UP045
         min=1, help="Distillation steps (recipe: `distill.steps`).")] = None,
+    seed: Annotated[Optional[int], typer.Option(  # noqa: UP045
+        help="World seed: training, validation and test scenes use seed, seed+1 and seed+2 "
+        "(recipe: `world.seed`).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an earlier demo in OUTPUT.")]
     = False,
 ) -> None:
@@ -151,6 +154,6 @@ def robot_demo_command(
     a precision-recall plot and speed."""
     from domainvlm.detection.demo import run_robot_demo
 
-    report = run_robot_demo(output, config=config, split=split, steps=steps,
+    report = run_robot_demo(output, config=config, split=split, steps=steps, seed=seed,
                             overwrite=overwrite)
     typer.echo(f"wrote {report}")

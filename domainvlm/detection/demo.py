@@ -21,7 +21,8 @@ RECIPE = Path(__file__).with_name("robot-demo.yaml")
 COMMAND = "demo robot"
 
 
-def load_recipe(path: Path | None, *, split: str | None, steps: int | None) -> dict:
+def load_recipe(path: Path | None, *, split: str | None, steps: int | None,
+                seed: int | None = None) -> dict:
     path = path or RECIPE
     try:
         recipe = yaml.safe_load(Path(path).read_text())
@@ -34,17 +35,19 @@ def load_recipe(path: Path | None, *, split: str | None, steps: int | None) -> d
         recipe["world"]["split"] = split
     if steps is not None:
         recipe["distill"]["steps"] = steps
+    if seed is not None:
+        recipe["world"]["seed"] = seed
     return recipe
 
 
 def run_robot_demo(output: Path, *, config: Path | None = None, split: str | None = None,
-                   steps: int | None = None, overwrite: bool = False,
+                   steps: int | None = None, seed: int | None = None, overwrite: bool = False,
                    reporter: Reporter | None = None) -> Path:
     """World -> teacher -> distillation -> evaluation -> OUTPUT/report.md."""
     from domainvlm.nano.tabletop_world import SPLITS
 
     reporter = reporter or Reporter()
-    recipe = load_recipe(config, split=split, steps=steps)
+    recipe = load_recipe(config, split=split, steps=steps, seed=seed)
     world = recipe["world"]
     if world["split"] not in SPLITS:
         raise ConfigError(f"world.split is {world['split']!r}: one of {', '.join(SPLITS)}")
