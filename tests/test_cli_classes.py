@@ -309,7 +309,7 @@ DOMAIN = [
     ("distill", ["--config", "{distill_recipe}", "--output", "{tmp}/o", "--resume"],
      r"holds no `domainvlm distill` checkpoint"),
     ("detect", ["{scene}", "--model", "{detector}", "--prompt", "red mug",
-                "--score-threshold", "1.5"], r"--score-threshold.*0<=x<=1"),
+                "--score-threshold", "1.5"], r"--score-threshold.*less than or equal to 1"),
     ("detect", ["{scene}", "--model", "{detector}", "--prompt", "  "], r"prompt 1 is blank"),
     ("demo robot", ["--output", "{tmp}/o", "--steps", "0"], r"--steps.*greater than or equal"),
     ("demo robot", ["--output", "{tmp}/o", "--split", "medium"], r"medium.*easy, hard"),

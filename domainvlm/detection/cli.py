@@ -35,7 +35,7 @@ def distill_command(
 
     try:
         final = distill(DistillConfig.from_yaml(config), output, resume=resume,
-                        overwrite=overwrite)
+                        overwrite=overwrite, recipe=config)
     except RunInterrupted as stop:
         typer.echo(f"{stop}\nresume with: domainvlm distill --config {config} --output "
                    f"{output} --resume", err=True)

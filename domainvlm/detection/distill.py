@@ -164,14 +164,15 @@ def _batch(data: TrainingData, indices: list[int], flips: list[bool],
 
 def distill(config: DistillConfig, output: Path, *, resume: bool = False,
             overwrite: bool = False, reporter: Reporter | None = None,
-            cache_dir: Path | None = None) -> Path:
-    """Run the whole distillation into `output` (checkpoints + the final `detector/`)."""
+            cache_dir: Path | None = None, recipe: Path | None = None) -> Path:
+    """Run the whole distillation into `output` (checkpoints + the final `detector/`);
+    `recipe`, the file `config` came from, is one more input OUTPUT must not hold."""
     from domainvlm.detection.teacher import Teacher, region_embeddings
 
     reporter = reporter or Reporter()
     output = Path(output)
     checkpoint_path = output / CHECKPOINT
-    inputs = [config.train, config.split, config.validation, config.teacher]
+    inputs = [recipe, config.train, config.split, config.validation, config.teacher]
     if resume:
         if written_by(output) != COMMAND or not checkpoint_path.is_file():
             raise ConfigError(f"--resume: {output} holds no `domainvlm distill` checkpoint "
