@@ -20,8 +20,8 @@ pytestmark = pytest.mark.slow
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("robot-demo")
     recipe = yaml.safe_load(RECIPE.read_text())
-    recipe["world"].update(train_images=160, validation_images=24, test_images=30)
-    recipe["distill"].update(steps=150, batch_size=4, distill_proposals=8)
+    recipe["world"].update(train_images=100, validation_images=16, test_images=24)
+    recipe["distill"].update(steps=80, batch_size=4, distill_proposals=8)
     recipe["evaluation"].update(teacher_images=4, gallery=2)
     path = root / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
