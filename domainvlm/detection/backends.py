@@ -19,9 +19,11 @@ from PIL import Image
 
 from domainvlm.detection.types import (
     DetectionInputError,
+    Detections,
     RegionScores,
     as_rgb,
     check_prompts,
+    detect_with,
 )
 
 # model_type in config.json -> the module holding its wrapper, and that wrapper's class
@@ -126,3 +128,25 @@ class PromptCache(Generic[T]):
         if len(self._kept) > PROMPT_SETS_KEPT:
             self._kept.popitem(last=False)
         return self._kept[key]
+
+
+class TransformersDetector:
+    """What the transformers detectors share: token counting with their own tokenizer (special
+    tokens included) and `detect` as `regions` thresholded and suppressed by the one rule
+    (`types.detect_with`). Subclasses set `processor` and define `regions`."""
+
+    processor: Any
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.processor.tokenizer(text)["input_ids"])
+
+    def detect(self, images: Image.Image | Sequence[Image.Image], prompts: Sequence[str], *,
+               score_threshold: float = 0.1,
+               nms_threshold: float = 0.5) -> Detections | list[Detections]:
+        """Boxes of the prompted categories: one `Detections` per image, highest score first."""
+        return detect_with(self.regions, images, prompts, score_threshold=score_threshold,
+                           nms_threshold=nms_threshold)
+
+    def regions(self, images: Sequence[Image.Image],
+                prompts: Sequence[str]) -> list[RegionScores]:
+        raise NotImplementedError

@@ -21,6 +21,7 @@ from PIL import Image
 
 from domainvlm.detection.backends import (
     PromptCache,
+    TransformersDetector,
     batches,
     checked_images,
     image_regions,
@@ -28,9 +29,7 @@ from domainvlm.detection.backends import (
 )
 from domainvlm.detection.types import (
     DetectionInputError,
-    Detections,
     RegionScores,
-    detect_with,
 )
 
 SEPARATORS = (".", "?")  # the model's code ends a phrase at these tokens
@@ -42,7 +41,7 @@ class _Text:
     spans: list[list[int]]  # each prompt's token positions
 
 
-class GroundingDinoDetector:
+class GroundingDinoDetector(TransformersDetector):
     """A `GroundingDinoForObjectDetection` with its processor."""
 
     def __init__(self, model: Any, processor: Any, name: str) -> None:
@@ -63,17 +62,6 @@ class GroundingDinoDetector:
         resolved = resolve_source(str(source))
         model = GroundingDinoForObjectDetection.from_pretrained(resolved).to(device)
         return cls(model, AutoProcessor.from_pretrained(resolved), name=str(source))
-
-    def count_tokens(self, text: str) -> int:
-        """Tokens of `text` alone, with [CLS] and [SEP]."""
-        return len(self.processor.tokenizer(text)["input_ids"])
-
-    def detect(self, images: Image.Image | Sequence[Image.Image], prompts: Sequence[str], *,
-               score_threshold: float = 0.1,
-               nms_threshold: float = 0.5) -> Detections | list[Detections]:
-        """Boxes of the prompted categories: one `Detections` per image, highest score first."""
-        return detect_with(self.regions, images, prompts, score_threshold=score_threshold,
-                           nms_threshold=nms_threshold)
 
     @torch.inference_mode()
     def regions(self, images: Sequence[Image.Image], prompts: Sequence[str]) -> list[RegionScores]:

@@ -17,15 +17,16 @@ from PIL import Image
 
 from domainvlm.detection.backends import (
     PromptCache,
+    TransformersDetector,
     batches,
     checked_images,
     image_regions,
     read_model_type,
 )
-from domainvlm.detection.types import Detections, RegionScores, detect_with
+from domainvlm.detection.types import RegionScores
 
 
-class OwlDetector:
+class OwlDetector(TransformersDetector):
     """An `Owlv2ForObjectDetection` or `OwlViTForObjectDetection` with its processor."""
 
     def __init__(self, model: Any, processor: Any, name: str) -> None:
@@ -48,18 +49,6 @@ class OwlDetector:
         resolved = resolve_source(str(source))
         model = classes[kind].from_pretrained(resolved).to(device)
         return cls(model, AutoProcessor.from_pretrained(resolved), name=str(source))
-
-    def count_tokens(self, text: str) -> int:
-        """Tokens of `text` with the start and end markers (OWL pads every prompt to
-        `max_tokens`)."""
-        return len(self.processor.tokenizer(text)["input_ids"])
-
-    def detect(self, images: Image.Image | Sequence[Image.Image], prompts: Sequence[str], *,
-               score_threshold: float = 0.1,
-               nms_threshold: float = 0.5) -> Detections | list[Detections]:
-        """Boxes of the prompted categories: one `Detections` per image, highest score first."""
-        return detect_with(self.regions, images, prompts, score_threshold=score_threshold,
-                           nms_threshold=nms_threshold)
 
     @torch.inference_mode()
     def regions(self, images: Sequence[Image.Image], prompts: Sequence[str]) -> list[RegionScores]:
