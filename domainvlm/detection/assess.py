@@ -9,7 +9,7 @@ they claim to. Metrics come from `evaluate` (pycocotools).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from PIL import Image
 
@@ -69,7 +69,7 @@ def assess(detector: Detector, dataset: CocoDataset, split: CategorySplit, *, te
     result = Assessment(student_seconds=seconds / len(outputs))
     for row, mode in MODES.items():
         regions = detector.score(list(outputs.values()), vocabulary,
-                                 detector.scoring.with_(mode=mode))
+                                 replace(detector.scoring, mode=mode))
         result.rows[row], found = _row(dataset, split, dict(zip(outputs, regions, strict=True)))
         if mode == "ensemble":
             result.detections = found

@@ -42,12 +42,17 @@ DEFAULT_SCORE_THRESHOLD = 0.3
 DEFAULT_NMS_THRESHOLD = 0.5
 
 
-def image_tensor(image: Image.Image, *, name: str = "image") -> torch.Tensor:
-    """CHW float in [0, 1] from any image `as_rgb` accepts."""
+def image_bytes(image: Image.Image, *, name: str = "image") -> torch.Tensor:
+    """CHW uint8 from any image `as_rgb` accepts (what training keeps in memory)."""
     import numpy as np
 
-    array = np.asarray(as_rgb(image, name=name), dtype=np.float32) / 255.0
+    array = np.array(as_rgb(image, name=name), dtype=np.uint8)
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+
+
+def image_tensor(image: Image.Image, *, name: str = "image") -> torch.Tensor:
+    """CHW float in [0, 1] from any image `as_rgb` accepts (what the student reads)."""
+    return image_bytes(image, name=name).float() / 255
 
 
 class Detector:

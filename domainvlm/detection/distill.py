@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
@@ -26,7 +26,7 @@ from PIL import Image
 
 from domainvlm.atomic import atomic_file, new_folder, write_json
 from domainvlm.detection.coco import CategorySplit, CocoDataset, read_coco, read_split, restrict
-from domainvlm.detection.detector import Detector, image_tensor
+from domainvlm.detection.detector import Detector, image_bytes
 from domainvlm.detection.student import (
     ScoringParams,
     StudentConfig,
@@ -120,7 +120,7 @@ def load_training_data(config: DistillConfig, reporter: Reporter) -> TrainingDat
     with reporter.task("reading training images", len(dataset.images)) as advance:
         for entry in dataset.images:
             with Image.open(entry.path) as img:
-                images.append((image_tensor(img, name=str(entry.path)) * 255).to(torch.uint8))
+                images.append(image_bytes(img, name=str(entry.path)))
             labels = [index[dataset.categories[c]] for c in dataset.labels[entry.id]]
             targets.append({"boxes": dataset.boxes[entry.id].float().reshape(-1, 4),
                             "labels": torch.tensor(labels, dtype=torch.int64)})
@@ -312,7 +312,7 @@ def tune_scoring(detector: Detector, validation: CocoDataset, split: CategorySpl
                   for w in (2 / 3, 1 / 2)]
     with reporter.task("tuning scoring on validation", len(candidates)) as advance:
         for candidate in candidates:
-            params = detector.scoring.with_(**candidate)
+            params = replace(detector.scoring, **candidate)
             found = {image_id: detector.score([out], vocabulary, params)[0].detections(
                 score_threshold=0.001, nms_threshold=0.5) for image_id, out in outputs.items()}
             metrics = coco_metrics(validation, found, split)

@@ -78,9 +78,6 @@ class ScoringParams:
     base_scale: float = 1.0  # multiplies base-category scores (< 1 calibrates them down)
     mode: str = "ensemble"  # "ensemble", "text", "image" or "control" (ablations)
 
-    def with_(self, **changes) -> ScoringParams:
-        return ScoringParams(**{**asdict(self), **changes})
-
 
 @dataclass
 class RegionOutputs:

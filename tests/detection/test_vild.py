@@ -4,6 +4,7 @@ embedded once per set, single and batched images, thresholds, save and load, bad
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -66,7 +67,7 @@ def test_ensemble_follows_vild_geometric_mean() -> None:
         base = text[0] ** (2 / 3) * image[0] ** (1 / 3) * 0.5
         novel = text[1] ** (1 / 3) * image[1] ** (2 / 3)
         assert got[r].tolist() == pytest.approx([base, novel], rel=1e-4)
-    only_text = score_regions(out, heads, prompts, is_base, params.with_(mode="text",
+    only_text = score_regions(out, heads, prompts, is_base, replace(params, mode="text",
                                                                          base_scale=1.0))
     assert torch.allclose(only_text.sum(-1) + (out.text @ background / 0.1).exp() / (
         (out.text @ torch.cat([background[None], prompts]).T / 0.1).exp().sum(-1)),
