@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -11,8 +12,8 @@ app = typer.Typer(help="ROS 2: run the open-vocabulary detection node, or detect
 
 # The options `run` and `bag-detect` share: defined once.
 Prompts = Annotated[Optional[list[str]], typer.Option(  # noqa: UP045 (typer needs Optional)
-    "--prompt", help="A category to find, in words; repeat for several: --prompt 'red mug' "
-    "--prompt 'blue box'.")]
+    "--prompt", metavar="TEXT", help="A category to find, in words; repeat for several: "
+    "--prompt 'red mug' --prompt 'blue box'.")]
 Model = Annotated[str, typer.Option(
     help="A distilled detector folder (domainvlm distill), or an OWLv2 / OWL-ViT / Grounding "
     "DINO hub id or folder. Empty: the shipped robot detector.")]
@@ -24,3 +25,128 @@ NmsThreshold = Annotated[float, typer.Option(min=0.0, max=1.0,
                                              help="Overlap (IoU) above which a lower-scoring "
                                              "box of the same prompt is dropped.")]
 Device = Annotated[str, typer.Option(help="cpu, cuda, cuda:1, ...")]
+
+
+def _transport(choice: str) -> str:
+    """auto: rclpy when it imports (a sourced ROS 2 install), else plain DDS."""
+    if choice != "auto":
+        return choice
+    try:
+        import rclpy  # noqa: F401
+    except ImportError:
+        return "dds"
+    return "rclpy"
+
+
+@app.command("run")
+def run_command(
+    prompt: Prompts = None,
+    params: Annotated[Optional[Path], typer.Option(  # noqa: UP045
+        "--params", help="A ROS 2 parameters file (`grounded_detector: ros__parameters:`), "
+        "such as config/params.yaml of the domainvlm_ros package. Options given here win.",
+        exists=True, dir_okay=False)] = None,
+    model: Annotated[Optional[str], Model.__metadata__[0]] = None,  # noqa: UP045
+    backend: Annotated[Optional[str], Backend.__metadata__[0]] = None,  # noqa: UP045
+    score_threshold: Annotated[Optional[float],  # noqa: UP045
+                               ScoreThreshold.__metadata__[0]] = None,
+    nms_threshold: Annotated[Optional[float], NmsThreshold.__metadata__[0]] = None,  # noqa: UP045
+    device: Annotated[Optional[str], Device.__metadata__[0]] = None,  # noqa: UP045
+    image_topic: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        help="Camera topic (sensor_msgs/Image) [default: /camera/image_raw].")] = None,
+    compressed: Annotated[Optional[bool], typer.Option(  # noqa: UP045
+        "--compressed/--raw", help="Subscribe IMAGE_TOPIC/compressed "
+        "(sensor_msgs/CompressedImage) instead of raw images.", show_default=False)] = None,
+    detections_topic: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        help="Where vision_msgs/Detection2DArray goes [default: "
+        "/grounded_detector/detections].")] = None,
+    annotated: Annotated[Optional[bool], typer.Option(  # noqa: UP045
+        "--annotated/--no-annotated", help="Also publish the image with boxes drawn "
+        "(/grounded_detector/annotated).", show_default=False)] = None,
+    input_qos: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        help="sensor_data (best effort, keep last 1) or reliable.")] = None,
+    output_qos: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        help="reliable (keep last 10) or sensor_data.")] = None,
+    transport: Annotated[str, typer.Option(
+        help="auto: rclpy when a sourced ROS 2 install provides it, else plain DDS "
+        "(cyclonedds, ROS 2's wire format); or rclpy, or dds.")] = "auto",
+) -> None:
+    """Run the grounded_detector node: camera images in, vision_msgs/Detection2DArray out.
+
+    Works with or without ROS 2 installed: without it the node speaks ROS 2 over DDS directly
+    (domain from ROS_DOMAIN_ID, network from CYCLONEDDS_URI), so `ros2 topic echo
+    /grounded_detector/detections` on a ROS 2 machine of the same domain sees it. Change the
+    prompts while it runs: `ros2 param set /grounded_detector prompts "['red mug']"`.
+    Ctrl-C stops it cleanly.
+
+    Example: domainvlm ros run --prompt "red mug" --prompt "blue box"
+    """
+    from domainvlm.errors import ConfigError
+    from domainvlm.ros.node import NodeParams, ParameterError
+
+    given = {"prompts": prompt or None, "model": model, "backend": backend,
+             "score_threshold": score_threshold, "nms_threshold": nms_threshold,
+             "device": device, "image_topic": image_topic,
+             "image_transport": None if compressed is None
+             else ("compressed" if compressed else "raw"),
+             "detections_topic": detections_topic, "publish_annotated": annotated,
+             "input_qos": input_qos, "output_qos": output_qos}
+    base = NodeParams.from_yaml(params) if params else NodeParams()
+    try:
+        node_params = base.updated({k: v for k, v in given.items() if v is not None},
+                                   running=False)
+    except ParameterError as exc:
+        raise ConfigError(str(exc)) from None
+    if transport not in ("auto", "dds", "rclpy"):
+        raise ConfigError(f"--transport is {transport!r}: auto, dds or rclpy")
+    chosen = _transport(transport)
+    if chosen == "rclpy":
+        from domainvlm.ros.rclpy_node import run as run_rclpy
+
+        run_rclpy(node_params)
+        return
+    _run_dds(node_params)
+
+
+def _run_dds(params) -> None:
+    import signal
+    import threading
+
+    from domainvlm.ros.dds import DdsGroundedDetector, domain_id
+    from domainvlm.ros.node import GroundedDetectorCore
+
+    typer.echo("grounded_detector: loading the detector ...", err=True)
+    core = GroundedDetectorCore(params)
+    core.load()
+    node = DdsGroundedDetector(core)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    kind = "CompressedImage" if params.image_transport == "compressed" else "Image"
+    source = params.image_topic + ("/compressed" if kind == "CompressedImage" else "")
+    typer.echo(f"grounded_detector: {source} ({kind}, {params.input_qos}) -> "
+               f"{params.detections_topic} (Detection2DArray, {params.output_qos}); prompts: "
+               f"{', '.join(params.prompts)}; ROS_DOMAIN_ID {domain_id()}; Ctrl-C stops",
+               err=True)
+    try:
+        node.spin(stop)
+    finally:
+        node.close()
+    s = core.stats
+    typer.echo(f"grounded_detector: stopped; {s.processed} frame(s) processed, {s.dropped} "
+               f"dropped for newer ones, {s.malformed} malformed", err=True)
+
+
+def node_main() -> None:
+    """The `grounded_detector` executable of the ament package (`ros2 run domainvlm_ros
+    grounded_detector`, `ros2 launch`): the rclpy lifecycle node when rclpy imports."""
+    import sys
+
+    if _transport("auto") == "rclpy":
+        from domainvlm.ros.rclpy_node import main
+
+        main(sys.argv)
+        return
+    from domainvlm.cli import main as domainvlm_main
+
+    sys.argv = ["domainvlm", "ros", "run", *sys.argv[1:]]
+    domainvlm_main()
