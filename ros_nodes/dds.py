@@ -30,6 +30,14 @@ from domainvlm.ros import messages as msg
 from domainvlm.ros.node import NODE_NAME, GroundedDetectorCore, NodeParams
 
 DIAGNOSTICS_TOPIC = "/diagnostics"
+# CYCLONEDDS_URI for traffic that must not leave the machine (tests, benchmarks): interface lo,
+# no multicast, discovery by unicast to the one peer 127.0.0.1.
+LOOPBACK_CYCLONEDDS = (
+    "<CycloneDDS><Domain><General><Interfaces><NetworkInterface name='lo'/></Interfaces>"
+    "<AllowMulticast>false</AllowMulticast></General><Discovery><ParticipantIndex>auto"
+    "</ParticipantIndex><Peers><Peer address='127.0.0.1'/></Peers></Discovery></Domain>"
+    "</CycloneDDS>"
+)
 MAX_DOMAIN_ID = 232  # what ROS 2 allows with the default port mapping
 
 

@@ -236,6 +236,7 @@ class GroundedDetectorCore:
         self._frame: _Frame | None = None
         self._received = 0
         self._model_lock = threading.Lock()  # a prompt change waits for the frame in flight
+        self._malformed_reported = 0
 
     def load(self) -> None:
         """Open the detector and embed the prompts (a lifecycle node's configure step)."""
@@ -346,8 +347,11 @@ class GroundedDetectorCore:
             "backend": self.params.backend,
         }
         level, message = DiagnosticStatus.OK, "ok"
-        if stats.malformed:
-            level, message = DiagnosticStatus.WARN, f"{stats.malformed} malformed image(s)"
+        new_malformed, self._malformed_reported = (stats.malformed - self._malformed_reported,
+                                                   stats.malformed)
+        if new_malformed:
+            level, message = DiagnosticStatus.WARN, (f"{new_malformed} malformed image(s) since "
+                                                     "the last report")
         status = DiagnosticStatus(level=level, name=f"{NODE_NAME}: detection", message=message,
                                   hardware_id=self.params.device,
                                   values=[KeyValue(k, v) for k, v in values.items()])

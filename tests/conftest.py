@@ -10,6 +10,12 @@ from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Every DDS participant of the session (the ROS node, its peers, docs' commands) stays on
+# loopback, in a ROS domain of this run's own so parallel runs never cross.
+from domainvlm.ros.dds import LOOPBACK_CYCLONEDDS  # noqa: E402
+
+os.environ["CYCLONEDDS_URI"] = LOOPBACK_CYCLONEDDS
+os.environ["ROS_DOMAIN_ID"] = str(__import__("random").SystemRandom().randint(1, 100))
 
 import pytest  # noqa: E402
 from testkit import TINY_NANO_RECIPE  # noqa: E402

@@ -40,6 +40,17 @@ CONFIG_FILE = "vild.json"
 FORMAT = 1
 DEFAULT_SCORE_THRESHOLD = 0.3
 DEFAULT_NMS_THRESHOLD = 0.5
+# A student distilled by `domainvlm demo robot` (easy split, seed 0), float16: what `detect` and
+# the ROS node use when no model is named. Rebuilt by scripts/ship-robot-detector.
+SHIPPED_DETECTOR = Path(__file__).parents[1] / "assets" / "robot_detector"
+
+
+def shipped_detector() -> Path:
+    """The folder of the shipped robot detector (`Detector.load` opens it)."""
+    if not (SHIPPED_DETECTOR / CONFIG_FILE).is_file():
+        raise ModelLoadError(f"the shipped robot detector is missing from {SHIPPED_DETECTOR} "
+                             "(a broken install?); reinstall domainvlm or pass a model")
+    return SHIPPED_DETECTOR
 
 
 def image_bytes(image: Image.Image, *, name: str = "image") -> torch.Tensor:
