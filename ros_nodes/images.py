@@ -53,9 +53,9 @@ def _buffer(data: Any, what: str) -> memoryview:
                              "byte buffer") from err
 
 
-def decode_image(msg: Any) -> Image.Image:
-    """RGB image from a `sensor_msgs/Image` (fields `height, width, encoding, is_bigendian,
-    step, data`); raises MalformedImage."""
+def check_image(msg: Any) -> memoryview:
+    """The pixel bytes of a `sensor_msgs/Image` once its size, encoding, step and length agree;
+    raises MalformedImage. Reads no pixel: cheap enough for a subscription callback."""
     height, width, encoding, step = int(msg.height), int(msg.width), str(msg.encoding), \
         int(msg.step)
     what = f"image {width}x{height} {encoding!r}"
@@ -67,7 +67,7 @@ def decode_image(msg: Any) -> Image.Image:
     if encoding not in _RAW:
         raise MalformedImage(f"{what}: unknown encoding; supported: {', '.join(ENCODINGS)} "
                              "(or publish a CompressedImage)")
-    pixel_bytes, mode, rawmodes = _RAW[encoding]
+    pixel_bytes = _RAW[encoding][0]
     if step < width * pixel_bytes:
         raise MalformedImage(f"{what}: step {step} is less than width*{pixel_bytes} = "
                              f"{width * pixel_bytes}")
@@ -75,8 +75,17 @@ def decode_image(msg: Any) -> Image.Image:
     if data.nbytes != step * height:
         raise MalformedImage(f"{what}: data is {data.nbytes} bytes, step*height is "
                              f"{step * height}")
+    return data
+
+
+def decode_image(msg: Any) -> Image.Image:
+    """RGB image from a `sensor_msgs/Image` (fields `height, width, encoding, is_bigendian,
+    step, data`); raises MalformedImage."""
+    data = check_image(msg)
+    _, mode, rawmodes = _RAW[str(msg.encoding)]
     rawmode = rawmodes[1 if msg.is_bigendian else 0]
-    image = Image.frombytes(mode, (width, height), data, "raw", rawmode, step, 1)
+    size = (int(msg.width), int(msg.height))
+    image = Image.frombytes(mode, size, data, "raw", rawmode, int(msg.step), 1)
     return image if mode == "RGB" else image.convert("RGB")
 
 

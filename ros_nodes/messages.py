@@ -8,14 +8,16 @@ rmw_cyclonedds writes it. Declaring the official definitions field for field the
 nodes on the same domain talk to ours; tests compare every byte with `rosbags`' serialisation
 of the official definitions.
 
-Large uint8 payloads (`Image.data`, `CompressedImage.data`) are declared `bytes`: the CDR bytes
-are identical to `sequence<uint8>` and (de)serialise ~50× faster than element by element.
+Large uint8 payloads (`Image.data`, `CompressedImage.data`) are declared `sequence<uint8>`, as
+ROS declares them (so the XTypes type information we advertise is ROS's), but are
+(de)serialised as one block of `bytes`: the same CDR bytes, ~50× faster than element by element.
 """
 
 from dataclasses import dataclass, field
 
 from cyclonedds.idl import IdlStruct
 from cyclonedds.idl.annotations import final
+from cyclonedds.idl._machinery import BytesMachine
 from cyclonedds.idl.types import array, float64, int32, int64, sequence, uint8, uint32, uint64
 
 
@@ -83,7 +85,7 @@ class Image(IdlStruct, typename=_typename("sensor_msgs/msg/Image")):
     encoding: str = ""
     is_bigendian: uint8 = 0
     step: uint32 = 0
-    data: bytes = b""
+    data: sequence[uint8] = b""  # bytes: see _octets_as_bytes
 
 
 @dataclass
@@ -91,7 +93,20 @@ class Image(IdlStruct, typename=_typename("sensor_msgs/msg/Image")):
 class CompressedImage(IdlStruct, typename=_typename("sensor_msgs/msg/CompressedImage")):
     header: Header = field(default_factory=Header)
     format: str = ""
-    data: bytes = b""
+    data: sequence[uint8] = b""  # bytes: see _octets_as_bytes
+
+
+def _octets_as_bytes(cls: type, member: str) -> None:
+    """Serialise `member` (a sequence<uint8>) from and to `bytes` in one block: cyclonedds'
+    generic path packs and unpacks it one Python int at a time (~30 ms for a 640x480 frame)."""
+    idl = cls.__idl__
+    idl.populate()
+    for machine in (idl.v1_machine, idl.v2_machine):
+        machine.members_machines[member] = BytesMachine()
+
+
+_octets_as_bytes(Image, "data")
+_octets_as_bytes(CompressedImage, "data")
 
 
 # vision_msgs 4.x (Humble, Jazzy) ---------------------------------------------------------------
@@ -201,7 +216,7 @@ class ParameterValue(IdlStruct, typename=_typename("rcl_interfaces/msg/Parameter
     integer_value: int64 = 0
     double_value: float64 = 0.0
     string_value: str = ""
-    byte_array_value: bytes = b""
+    byte_array_value: sequence[uint8] = field(default_factory=list)
     bool_array_value: sequence[bool] = field(default_factory=list)
     integer_array_value: sequence[int64] = field(default_factory=list)
     double_array_value: sequence[float64] = field(default_factory=list)

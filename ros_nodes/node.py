@@ -247,6 +247,10 @@ class GroundedDetectorCore:
             self.detector = load_detector(source, backend=self.params.backend,
                                           device=self.params.device)
         self._embed(self.params.prompts)
+        from PIL import Image
+
+        # The first call pays one-off allocations (~2 s on a CPU): pay them before any frame.
+        self.detector.detect(Image.new("RGB", (320, 240), (128, 128, 128)), self.params.prompts)
 
     def _embed(self, prompts: list[str]) -> None:
         """Turn prompts into classifiers now, so frames after a change pay nothing."""
@@ -255,10 +259,21 @@ class GroundedDetectorCore:
             embed(prompts)
 
     def offer(self, msg, kind: str = "raw") -> None:
-        """A frame arrived: it replaces any frame still waiting (dropped, counted)."""
+        """A frame arrived: it replaces any frame still waiting (dropped, counted). A raw image
+        whose size, encoding or length is wrong is refused here, so it never displaces a good
+        frame (a compressed one can only be judged by decoding it)."""
+        from domainvlm.ros.images import MalformedImage, check_image
+
+        with self._slot:
+            self.stats.received += 1
+        if kind == "raw":
+            try:
+                check_image(msg)
+            except MalformedImage as exc:
+                self._malformed(exc)
+                return
         with self._slot:
             self._received += 1
-            self.stats.received += 1
             if self._frame is not None:
                 self.stats.dropped += 1
             self._frame = _Frame(msg, kind, time.monotonic_ns(), self._received)
@@ -279,11 +294,15 @@ class GroundedDetectorCore:
         try:
             image = (decode_compressed if frame.kind == "compressed" else decode_image)(frame.msg)
         except MalformedImage as exc:
-            self.stats.malformed += 1
-            self._warn("malformed",
-                       f"skipped a malformed image on {self.params.image_topic}: {exc}")
+            self._malformed(exc)
             return None
         return self._detect(frame, image)
+
+    def _malformed(self, problem: Exception) -> None:
+        with self._slot:  # counted from the subscription and the worker thread
+            self.stats.malformed += 1
+        self._warn("malformed", f"skipped a malformed image on {self.params.image_topic}: "
+                   f"{problem}")
 
     def _detect(self, frame: _Frame, image) -> Output:
         from domainvlm.ros.conversions import detection_array

@@ -165,13 +165,13 @@ def test_diagnostic_array_bytes_equal_the_official_definition(ts) -> None:
 
 def parameter_value(ts, kind: int, **fields):
     """Ours and rosbags' ParameterValue: every other field at its default. rosbags holds
-    `byte[]` as int8, ours as bytes: the same octets on the wire."""
+    `byte[]` as int8, ours as a list of uint8: the same octets on the wire."""
     defaults = {"bool_value": False, "integer_value": 0, "double_value": 0.0, "string_value": "",
                 "byte_array_value": np.zeros(0, np.int8),
                 "bool_array_value": np.zeros(0, bool),
                 "integer_array_value": np.zeros(0, np.int64),
                 "double_array_value": np.zeros(0, np.float64), "string_array_value": []}
-    theirs = {k: (np.frombuffer(v, np.int8) if isinstance(v, bytes) else
+    theirs = {k: (np.array(v, np.uint8).view(np.int8) if k == "byte_array_value" else
                   np.array(v) if isinstance(v, list) and k != "string_array_value" else v)
               for k, v in fields.items()}
     return (m.ParameterValue(type=kind, **fields),
@@ -185,7 +185,7 @@ def values(ts):
         parameter_value(ts, m.ParameterValue.BOOL, bool_value=True),
         parameter_value(ts, m.ParameterValue.INTEGER, integer_value=-(2**40)),
         parameter_value(ts, m.ParameterValue.BYTE_ARRAY,
-                        byte_array_value=bytes([0, 255, 7])),
+                        byte_array_value=[0, 255, 7]),
         parameter_value(ts, m.ParameterValue.INTEGER_ARRAY,
                         integer_array_value=[1, -2]),
         parameter_value(ts, m.ParameterValue.BOOL_ARRAY,
