@@ -16,8 +16,8 @@ ROS declares them (so the XTypes type information we advertise is ROS's), but ar
 from dataclasses import dataclass, field
 
 from cyclonedds.idl import IdlStruct
-from cyclonedds.idl.annotations import final
 from cyclonedds.idl._machinery import BytesMachine
+from cyclonedds.idl.annotations import final
 from cyclonedds.idl.types import array, float64, int32, int64, sequence, uint8, uint32, uint64
 
 
