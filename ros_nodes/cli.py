@@ -29,11 +29,19 @@ Device = Annotated[str, typer.Option(help="cpu, cuda, cuda:1, ...")]
 
 def _transport(choice: str) -> str:
     """auto: rclpy when it imports (a sourced ROS 2 install), else plain DDS."""
-    if choice != "auto":
+    from domainvlm.errors import ConfigError
+
+    if choice not in ("auto", "dds", "rclpy"):
+        raise ConfigError(f"--transport is {choice!r}: auto, dds or rclpy")
+    if choice == "dds":
         return choice
     try:
         import rclpy  # noqa: F401
     except ImportError:
+        if choice == "rclpy":
+            raise ConfigError("--transport rclpy, but rclpy does not import: source a ROS 2 "
+                              "install first (source /opt/ros/jazzy/setup.bash), or use "
+                              "--transport dds") from None
         return "dds"
     return "rclpy"
 
@@ -96,10 +104,7 @@ def run_command(
                                    running=False)
     except ParameterError as exc:
         raise ConfigError(str(exc)) from None
-    if transport not in ("auto", "dds", "rclpy"):
-        raise ConfigError(f"--transport is {transport!r}: auto, dds or rclpy")
-    chosen = _transport(transport)
-    if chosen == "rclpy":
+    if _transport(transport) == "rclpy":
         from domainvlm.ros.rclpy_node import run as run_rclpy
 
         run_rclpy(node_params)
@@ -114,6 +119,7 @@ def _run_dds(params) -> None:
     from domainvlm.ros.dds import DdsGroundedDetector, domain_id
     from domainvlm.ros.node import GroundedDetectorCore
 
+    domain = domain_id()  # a bad ROS_DOMAIN_ID fails before minutes of model loading
     typer.echo("grounded_detector: loading the detector ...", err=True)
     core = GroundedDetectorCore(params)
     core.load()
@@ -125,7 +131,7 @@ def _run_dds(params) -> None:
     source = params.image_topic + ("/compressed" if kind == "CompressedImage" else "")
     typer.echo(f"grounded_detector: {source} ({kind}, {params.input_qos}) -> "
                f"{params.detections_topic} (Detection2DArray, {params.output_qos}); prompts: "
-               f"{', '.join(params.prompts)}; ROS_DOMAIN_ID {domain_id()}; Ctrl-C stops",
+               f"{', '.join(params.prompts)}; ROS_DOMAIN_ID {domain}; Ctrl-C stops",
                err=True)
     try:
         node.spin(stop)
