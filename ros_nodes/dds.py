@@ -20,6 +20,7 @@ from dataclasses import fields
 
 from cyclonedds.core import Listener, Policy, Qos
 from cyclonedds.domain import DomainParticipant
+from cyclonedds.internal import InvalidSample
 from cyclonedds.pub import DataWriter
 from cyclonedds.sub import DataReader
 from cyclonedds.topic import Topic
@@ -68,6 +69,12 @@ def domain_id() -> int:
         raise ConfigError(f"ROS_DOMAIN_ID is {value!r}: a whole number from 0 to "
                           f"{MAX_DOMAIN_ID}")
     return int(value)
+
+
+def valid(samples: list) -> list:
+    """The data samples of a take (a writer's dispose or unregister comes as an InvalidSample,
+    which carries no data)."""
+    return [s for s in samples if not isinstance(s, InvalidSample)]
 
 
 # Parameters <-> rcl_interfaces/ParameterValue ------------------------------------------------
@@ -138,9 +145,8 @@ class DdsGroundedDetector:
                 self.core._warn("undecodable", f"skipped an undecodable message on {ros_name}: "
                                 f"{type(exc).__name__}: {exc}")
                 return
-            for sample in samples:
-                if getattr(sample, "sample_info", None) is not None:
-                    self.core.offer(sample, frame_kind)
+            for sample in valid(samples):
+                self.core.offer(sample, frame_kind)
 
         listener = Listener(on_data_available=on_data)
         topic = Topic(self.participant, dds_topic(ros_name), kind)
@@ -156,9 +162,7 @@ class DdsGroundedDetector:
                             qos=qos("reliable"))
 
         def on_request(reader: DataReader) -> None:
-            for request in reader.take(N=16):
-                if getattr(request, "sample_info", None) is None:
-                    continue
+            for request in valid(reader.take(N=16)):
                 response = handle(request)
                 response.client_id = request.client_id
                 response.sequence_number = request.sequence_number

@@ -28,6 +28,7 @@ from domainvlm.ros.dds import (
     qos,
     service_topics,
     to_parameter_value,
+    valid,
 )
 from domainvlm.ros.node import NODE_NAME, NodeParams
 
@@ -73,9 +74,8 @@ class RosPeer:
     def _reader(self, ros_name: str, kind, into: queue.Queue) -> tuple:
         def on_data(reader: DataReader) -> None:
             now = time.monotonic_ns()
-            for sample in reader.take(N=64):
-                if getattr(sample, "sample_info", None) is not None:
-                    into.put(Received(sample, now))
+            for sample in valid(reader.take(N=64)):
+                into.put(Received(sample, now))
 
         listener = Listener(on_data_available=on_data)
         topic = Topic(self.participant, dds_topic(ros_name), kind)
@@ -93,9 +93,8 @@ class RosPeer:
 
     def _reader_raw(self, topic_name: str, kind, into: queue.Queue) -> tuple:
         def on_data(reader: DataReader) -> None:
-            for sample in reader.take(N=16):
-                if getattr(sample, "sample_info", None) is not None:
-                    into.put(sample)
+            for sample in valid(reader.take(N=16)):
+                into.put(sample)
 
         listener = Listener(on_data_available=on_data)
         return listener, DataReader(self.participant, Topic(self.participant, topic_name, kind),
