@@ -199,6 +199,19 @@ def test_setup_py_installs_what_ros_tools_look_for(distribution):
     assert callable(getattr(importlib.import_module(module), function))
 
 
+def test_pip_installed_folder_is_the_whole_ament_package(distribution):
+    """The wheel's domainvlm/ros folder carries every file setup.py installs, and setup.cfg,
+    so a colcon workspace can link to it (pyproject's package-data, globbed as setuptools
+    does, relative to the package folder; setup.py ships as a module)."""
+    setuptools_config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert (ROOT / setuptools_config["package-dir"]["domainvlm.ros"]).resolve() == PKG
+    shipped = {path.relative_to(PKG).as_posix()
+               for pattern in setuptools_config["package-data"]["domainvlm.ros"]
+               for path in PKG.glob(pattern) if path.is_file()}
+    needed = {source for _, sources in distribution.data_files for source in sources}
+    assert needed | {"setup.cfg"} <= shipped
+
+
 def test_setup_py_as_a_module_runs_nothing(tmp_path):
     """The wheel ships ros_nodes/setup.py as domainvlm.ros.setup: importing it must not
     start setuptools."""
