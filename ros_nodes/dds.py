@@ -28,7 +28,7 @@ from cyclonedds.util import duration
 
 from domainvlm.errors import ConfigError
 from domainvlm.ros import messages as msg
-from domainvlm.ros.node import NODE_NAME, GroundedDetectorCore, NodeParams
+from domainvlm.ros.node import NODE_NAME, QOS_PROFILES, GroundedDetectorCore, NodeParams
 
 DIAGNOSTICS_TOPIC = "/diagnostics"
 # CYCLONEDDS_URI for traffic that must not leave the machine (tests, benchmarks): interface lo,
@@ -53,13 +53,11 @@ def service_topics(node: str, service: str) -> tuple[str, str]:
 
 
 def qos(profile: str) -> Qos:
-    """ROS 2's two profiles the node offers: sensor data (best effort, keep last 1: a late
-    frame is worthless) and reliable (keep last 10, what `ros2 topic echo` asks by default)."""
-    if profile == "sensor_data":
-        return Qos(Policy.Reliability.BestEffort, Policy.History.KeepLast(1),
-                   Policy.Durability.Volatile)
-    return Qos(Policy.Reliability.Reliable(duration(seconds=1)), Policy.History.KeepLast(10),
-               Policy.Durability.Volatile)
+    """One of `node.QOS_PROFILES` as cyclonedds QoS."""
+    reliable, depth = QOS_PROFILES[profile]
+    return Qos(Policy.Reliability.Reliable(duration(seconds=1)) if reliable
+               else Policy.Reliability.BestEffort,
+               Policy.History.KeepLast(depth), Policy.Durability.Volatile)
 
 
 def domain_id() -> int:

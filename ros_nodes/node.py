@@ -27,7 +27,10 @@ from domainvlm.errors import ConfigError
 NODE_NAME = "grounded_detector"
 BACKENDS = ("vild", "owlv2", "owlvit", "grounding-dino")
 IMAGE_TRANSPORTS = ("raw", "compressed")
-QOS_PROFILES = ("sensor_data", "reliable")
+# The two QoS profiles a topic may use: name -> (reliable, history depth), durability volatile.
+# Sensor data: best effort, keep last 1 (a late frame is worthless); reliable: keep last 10,
+# what `ros2 topic echo` asks for by default. Both transports build theirs from this table.
+QOS_PROFILES = {"sensor_data": (False, 1), "reliable": (True, 10)}
 
 
 class ParameterError(ValueError):

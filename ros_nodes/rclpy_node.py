@@ -24,16 +24,19 @@ from vision_msgs.msg import Detection2DArray
 
 from domainvlm.ros import messages
 from domainvlm.ros.convert import rosidl_plain, rosidl_resolve, to_message
-from domainvlm.ros.node import NODE_NAME, GroundedDetectorCore, NodeParams, ParameterError
+from domainvlm.ros.node import (
+    NODE_NAME,
+    QOS_PROFILES,
+    GroundedDetectorCore,
+    NodeParams,
+    ParameterError,
+)
 
-QOS = {
-    "sensor_data": QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST,
-                              reliability=ReliabilityPolicy.BEST_EFFORT,
-                              durability=DurabilityPolicy.VOLATILE),
-    "reliable": QoSProfile(depth=10, history=HistoryPolicy.KEEP_LAST,
-                           reliability=ReliabilityPolicy.RELIABLE,
-                           durability=DurabilityPolicy.VOLATILE),
-}
+QOS = {name: QoSProfile(depth=depth, history=HistoryPolicy.KEEP_LAST,
+                        reliability=ReliabilityPolicy.RELIABLE if reliable
+                        else ReliabilityPolicy.BEST_EFFORT,
+                        durability=DurabilityPolicy.VOLATILE)
+       for name, (reliable, depth) in QOS_PROFILES.items()}
 PARAMETERS = tuple(field.name for field in fields(NodeParams))
 
 
@@ -156,12 +159,17 @@ class GroundedDetectorLifecycle(Node):
         return SetParametersResult(successful=True)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the node until SIGINT (argv as sys.argv, ROS arguments after --ros-args)."""
+def main(argv: list[str] | None = None, *, autostart: bool = False) -> int:
+    """Run the node until SIGINT (argv as sys.argv, ROS arguments after --ros-args). Without
+    `autostart` it waits unconfigured, as lifecycle nodes do, for `ros2 lifecycle set` or a
+    launch file to configure and activate it."""
     rclpy.init(args=argv)
     node = GroundedDetectorLifecycle()
     executor = SingleThreadedExecutor()
     executor.add_node(node)
+    if autostart:
+        node.trigger_configure()
+        node.trigger_activate()
     try:
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
@@ -171,3 +179,13 @@ def main(argv: list[str] | None = None) -> int:
         node.destroy_node()
         rclpy.try_shutdown()
     return 0
+
+
+def run(params: NodeParams) -> int:
+    """`domainvlm ros run` where rclpy imports: these parameters, configured and activated at
+    once. Each becomes a `-p name:=value` ROS argument (JSON is valid YAML flow syntax)."""
+    import json
+
+    overrides = [arg for name in PARAMETERS
+                 for arg in ("-p", f"{name}:={json.dumps(getattr(params, name))}")]
+    return main(["domainvlm", "--ros-args", *overrides], autostart=True)
