@@ -121,7 +121,26 @@ def detection_world(root: Path) -> dict[str, Path]:
     robot_recipe = root / "robot.yaml"
     robot_recipe.write_text(yaml.safe_dump(demo))
     return {"scene": root / "scene.png", "detector": root / "det",
-            "distill_recipe": distill_recipe, "robot_recipe": robot_recipe}
+            "distill_recipe": distill_recipe, "robot_recipe": robot_recipe,
+            "bag": camera_bag(root / "bag", root / "scene.png")}
+
+
+def camera_bag(path: Path, image: Path) -> Path:
+    """A rosbag2 (MCAP) of two frames on /camera/image_raw, for `ros bag-detect`."""
+    from PIL import Image
+    from rosbags.rosbag2 import StoragePlugin, Writer
+
+    from domainvlm.ros.conversions import header_at
+    from domainvlm.ros.images import encode_image
+    from domainvlm.ros.typestore import ros_typestore
+
+    with Writer(path, version=8, storage_plugin=StoragePlugin.MCAP) as writer:
+        camera = writer.add_connection("/camera/image_raw", "sensor_msgs/msg/Image",
+                                       typestore=ros_typestore())
+        for t in (10**9, 2 * 10**9):
+            writer.write(camera, t, encode_image(Image.open(image), header_at(t, "camera"))
+                         .serialize())
+    return path
 
 
 # Command -> arguments that write OUTPUT (a folder; "{out}/file.out" for commands that write a
@@ -140,6 +159,9 @@ WRITERS = {
     "distill": (["distill", "--config", "{distill_recipe}", "--output", "{out}"], True),
     "detect": (["detect", "{scene}", "--model", "{detector}", "--prompt", "red mug",
                 "-o", "{out}/file.out"], True),
+    # An MCAP bag in, sqlite3 out: both storage libraries are exercised.
+    "ros bag-detect": (["ros", "bag-detect", "{bag}", "{out}", "--model", "{detector}",
+                        "--prompt", "red mug", "--storage", "sqlite3"], True),
     "dicom deid": (["dicom", "deid", "{cohort}", "{out}", "--project-key", KEY], False),
     "dicom synth": (["dicom", "synth", "{out}", "--patients", "1", "--slices", "4",
                      "--size", "32"], False),
@@ -252,6 +274,7 @@ INPUT_INSIDE = {
     "distill": lambda w, out: ["--config", _copy(w["distill_recipe"], out)],
     "demo robot": lambda w, out: ["--config", _copy(w["robot_recipe"], out)],
     "detect": lambda w, out: ["-o", w["scene"]],  # the drawing would replace its input
+    "ros bag-detect": lambda w, out: [],  # below: the input bag lies in the output folder
 }
 
 
@@ -272,6 +295,8 @@ def test_overwrite_never_touches_the_commands_own_input(command, world, tmp_path
         single = Path(_copy(next(world["series"].glob("*.dcm")), tmp_path / "in"))
         args[args.index(str(world["series"]))] = str(single)
         args[args.index(f"{out}/file.out")] = str(single)
+    if command == "ros bag-detect":
+        args[args.index(str(world["bag"]))] = _copy(world["bag"], out)
     # A later option wins in typer: the extra arguments replace the defaults above.
     guarded = [p for p in (out, tmp_path / "in", world["adapter"].parent,
                            Path(world["data"])) if p.exists()]
@@ -312,6 +337,10 @@ DOMAIN = [
                 "--score-threshold", "1.5"], r"--score-threshold.*less than or equal to 1"),
     ("detect", ["{scene}", "--model", "{detector}", "--prompt", "  "], r"prompt 1 is blank"),
     ("demo robot", ["--output", "{tmp}/o", "--steps", "0"], r"--steps.*greater than or equal"),
+    ("ros bag-detect", ["{bag}", "{tmp}/o", "--model", "{detector}", "--prompt", "red mug",
+                        "--nms-threshold", "-0.1"], r"--nms-threshold.*greater than or equal"),
+    ("ros bag-detect", ["{bag}", "{tmp}/o", "--model", "{detector}", "--prompt", "red mug",
+                        "--topic", "/nope"], r"has no topic /nope; its topics: /camera/image_raw"),
     ("demo robot", ["--output", "{tmp}/o", "--split", "medium"], r"medium.*easy, hard"),
     ("nano path", ["extra"], r"unexpected extra argument"),
     ("dicom info", ["{tmp}/nothing"], r"no such file or folder"),

@@ -13,7 +13,7 @@ import dataclasses
 
 import numpy as np
 import pytest
-from rosbags.typesys import get_types_from_msg
+from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
 from domainvlm.ros import messages as m
 from domainvlm.ros.typestore import VISION_MSGS, ros_typestore
@@ -33,8 +33,11 @@ SERVICES = {
 
 @pytest.fixture(scope="module")
 def ts():
-    store = ros_typestore()
+    """Humble's definitions, vision_msgs 4.x and the service structs' wire shapes."""
+    store = get_typestore(Stores.ROS2_HUMBLE)
     types = {}
+    for msgtype, text in VISION_MSGS.items():
+        types.update(get_types_from_msg(text, msgtype))
     for name, body in SERVICES.items():
         types.update(get_types_from_msg(SERVICE_HEADER + body, f"wire_test/msg/{name}"))
     store.register(types)
@@ -251,4 +254,4 @@ def test_every_message_has_its_ros_type_name(ts) -> None:
         else:
             official = [field for field, _ in ts.fielddefs[f"{package}/msg/{name[:-1]}"][1]]
         assert [f.name for f in dataclasses.fields(cls)] == official, cls.__name__
-    assert set(VISION_MSGS) <= set(ts.types)
+    assert set(VISION_MSGS) <= set(ros_typestore().types)
