@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from typing import Any as _Any
 
 if TYPE_CHECKING:  # what editors see; at run time, __getattr__ below (torch loads on use)
-    from domainvlm.detection.detector import Detector, load_detector
+    from domainvlm.detection.detector import Detector, load_detector, shipped_detector
     from domainvlm.detection.distill import DistillConfig, distill
     from domainvlm.detection.teacher import Teacher
     from domainvlm.detection.types import Detections, RegionScores
@@ -20,13 +20,14 @@ if TYPE_CHECKING:  # what editors see; at run time, __getattr__ below (torch loa
 # public name -> module
 _EXPORTS = {"Detector": "domainvlm.detection.detector",
             "load_detector": "domainvlm.detection.detector",
+            "shipped_detector": "domainvlm.detection.detector",
             "DistillConfig": "domainvlm.detection.distill",
             "distill": "domainvlm.detection.distill",
             "Teacher": "domainvlm.detection.teacher",
             "Detections": "domainvlm.detection.types",
             "RegionScores": "domainvlm.detection.types"}
 
-__all__ = ["Detector", "load_detector", "DistillConfig", "distill", "Teacher", "Detections",
+__all__ = ["Detector", "load_detector", "shipped_detector", "DistillConfig", "distill", "Teacher", "Detections",
            "RegionScores"]
 
 

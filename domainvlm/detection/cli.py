@@ -7,8 +7,6 @@ from typing import Annotated, Optional
 
 import typer
 
-DEMO_DETECTOR = "runs/robot-demo/run/detector"  # where `domainvlm demo robot` leaves it
-
 
 def distill_command(
     config: Annotated[Path, typer.Option(
@@ -51,8 +49,8 @@ def detect_command(
         "--prompt 'blue box'.")],
     model: Annotated[Optional[str], typer.Option(  # noqa: UP045
         help="A distilled detector folder (domainvlm distill), or an OWLv2 / OWL-ViT / "
-        "Grounding DINO hub id or folder [default: the robot demo's detector in "
-        "runs/robot-demo].")] = None,
+        "Grounding DINO hub id or folder [default: the shipped robot detector, distilled by "
+        "`domainvlm demo robot` for its synthetic tabletop].")] = None,
     output: Annotated[Optional[Path], typer.Option(  # noqa: UP045
         "-o", "--output", help="Write the image with boxes, labels and scores drawn (one "
         "input) or a folder of them (several inputs).")] = None,
@@ -72,19 +70,13 @@ def detect_command(
 
     from PIL import Image
 
-    from domainvlm.detection.detector import load_detector
-    from domainvlm.errors import ModelLoadError
+    from domainvlm.detection.detector import load_detector, shipped_detector
     from domainvlm.outputs import check_file
 
     if output is not None and len(images) == 1:
         check_file(output, inputs=images, overwrite=overwrite)
 
-    source = model or DEMO_DETECTOR
-    if model is None and not Path(source).is_dir():
-        raise ModelLoadError(f"no --model given and no demo detector at {source}: run "
-                             "`domainvlm demo robot` first, or pass --model (a distilled "
-                             "folder, or an OWLv2 / Grounding DINO hub id)")
-    detector = load_detector(source)
+    detector = load_detector(model or shipped_detector())
     opened = []
     for path in images:
         with Image.open(path) as img:
