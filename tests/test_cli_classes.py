@@ -180,7 +180,8 @@ REMOVERS = {"adapters rm"}  # deletes what it is told: tests/adapters/test_store
 # Rows in the service's database, not files (the key alone on stdout, for scripts):
 # tests/serve/test_db.py checks what they write and print.
 DATABASE_WRITERS = {"serve keys add", "serve keys revoke"}
-SERVICES = {"serve"}  # runs until stopped: tests/serve/ start it, bad input included, and stop it
+# Run until stopped: tests/serve/ and tests/ros/ start them, bad input included, and stop them.
+SERVICES = {"serve", "ros run"}
 CACHE_WRITERS = {"nano pretrain", "nano clip"}  # writes only into domainvlm's own cache
 
 
@@ -337,6 +338,7 @@ DOMAIN = [
                 "--score-threshold", "1.5"], r"--score-threshold.*less than or equal to 1"),
     ("detect", ["{scene}", "--model", "{detector}", "--prompt", "  "], r"prompt 1 is blank"),
     ("demo robot", ["--output", "{tmp}/o", "--steps", "0"], r"--steps.*greater than or equal"),
+    ("ros run", ["--nms-threshold", "-0.1"], r"--nms-threshold.*greater than or equal to 0"),
     ("ros bag-detect", ["{bag}", "{tmp}/o", "--model", "{detector}", "--prompt", "red mug",
                         "--nms-threshold", "-0.1"], r"--nms-threshold.*greater than or equal"),
     ("ros bag-detect", ["{bag}", "{tmp}/o", "--model", "{detector}", "--prompt", "red mug",
