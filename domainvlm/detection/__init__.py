@@ -27,8 +27,8 @@ _EXPORTS = {"Detector": "domainvlm.detection.detector",
             "Detections": "domainvlm.detection.types",
             "RegionScores": "domainvlm.detection.types"}
 
-__all__ = ["Detector", "load_detector", "shipped_detector", "DistillConfig", "distill", "Teacher", "Detections",
-           "RegionScores"]
+__all__ = ["Detector", "load_detector", "shipped_detector", "DistillConfig", "distill",
+           "Teacher", "Detections", "RegionScores"]
 
 
 def __getattr__(name: str) -> _Any:
