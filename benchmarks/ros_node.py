@@ -137,6 +137,7 @@ def run(seconds: float) -> dict:
     from domainvlm.ros.conversions import header_at
     from domainvlm.ros.dds import LOOPBACK_CYCLONEDDS
     from domainvlm.ros.images import encode_image
+    from domainvlm.ros.node import percentile
     from domainvlm.ros.peer import RosPeer
 
     os.environ["CYCLONEDDS_URI"] = LOOPBACK_CYCLONEDDS
@@ -169,7 +170,7 @@ def run(seconds: float) -> dict:
     peer.close()
     exit_code = node.stop()
 
-    added_p50 = statistics.median(latencies) - node_model_ms if latencies else float("nan")
+    added_p50 = percentile(latencies, 0.5) - node_model_ms if latencies else float("nan")
     return {
         "image": f"{SIZE[0]}x{SIZE[1]} rgb8",
         "prompts": len(PROMPTS),
@@ -178,8 +179,8 @@ def run(seconds: float) -> dict:
                  "published_fps": round(fps * 2, 2), "frames_sent": len(sent),
                  "detections_received": len(received),
                  "dropped_for_newer": int(diagnostics.get("dropped", -1)),
-                 "latency_p50_ms": round(statistics.median(latencies), 1),
-                 "latency_p95_ms": round(latencies[int(0.95 * (len(latencies) - 1))], 1),
+                 "latency_p50_ms": round(percentile(latencies, 0.5), 1),
+                 "latency_p95_ms": round(percentile(latencies, 0.95), 1),
                  "exit_code_after_sigint": exit_code},
         "fps_ratio": round(node_fps / fps, 3),
         "added_latency_p50_ms": round(added_p50, 1),

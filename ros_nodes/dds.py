@@ -35,7 +35,8 @@ DIAGNOSTICS_TOPIC = "/diagnostics"
 # no multicast, discovery by unicast to the one peer 127.0.0.1.
 LOOPBACK_CYCLONEDDS = (
     "<CycloneDDS><Domain><General><Interfaces><NetworkInterface name='lo'/></Interfaces>"
-    "<AllowMulticast>false</AllowMulticast></General><Discovery><ParticipantIndex>auto"
+    "<AllowMulticast>false</AllowMulticast><MaxMessageSize>65500B</MaxMessageSize>"
+    "<FragmentSize>64000B</FragmentSize></General><Discovery><ParticipantIndex>auto"
     "</ParticipantIndex><Peers><Peer address='127.0.0.1'/></Peers></Discovery></Domain>"
     "</CycloneDDS>"
 )

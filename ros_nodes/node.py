@@ -195,7 +195,8 @@ class NodeStats:
         return (len(self.done_at) - 1) / (self.done_at[-1] - self.done_at[0])
 
 
-def _percentile(values, q: float) -> float:
+def percentile(values, q: float) -> float:
+    """The q-quantile (0..1) of `values` by nearest rank; 0 when there are none."""
     ordered = sorted(values)
     if not ordered:
         return 0.0
@@ -357,9 +358,9 @@ class GroundedDetectorCore:
         stats = self.stats
         values = {
             "fps": f"{stats.fps():.2f}",
-            "latency_p50_ms": f"{_percentile(stats.latency_ms, 0.5):.1f}",
-            "latency_p95_ms": f"{_percentile(stats.latency_ms, 0.95):.1f}",
-            "model_p50_ms": f"{_percentile(stats.model_ms, 0.5):.1f}",
+            "latency_p50_ms": f"{percentile(stats.latency_ms, 0.5):.1f}",
+            "latency_p95_ms": f"{percentile(stats.latency_ms, 0.95):.1f}",
+            "model_p50_ms": f"{percentile(stats.model_ms, 0.5):.1f}",
             "received": str(stats.received),
             "processed": str(stats.processed),
             "dropped": str(stats.dropped),
