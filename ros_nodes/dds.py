@@ -115,6 +115,9 @@ class DdsGroundedDetector:
         params = core.params
         self.participant = DomainParticipant(domain_id())
         self._keep: list[object] = []  # readers and listeners live as long as the node
+        self._arrival_lock = threading.Lock()
+        self._arrived = threading.Event()
+        self._arrivals = self._taken = self._unseen = 0
 
         self._detections = self._writer(params.detections_topic, msg.Detection2DArray,
                                         qos(params.output_qos))
@@ -136,22 +139,37 @@ class DdsGroundedDetector:
                           qos=profile)
 
     def _subscribe(self, ros_name: str, kind, frame_kind: str) -> None:
-        def on_data(reader: DataReader) -> None:
-            try:
-                samples = reader.take(N=64)
-            except Exception as exc:  # bytes that are not even CDR of this type
-                self.core.stats.malformed += 1
-                self.core._warn("undecodable", f"skipped an undecodable message on {ros_name}: "
-                                f"{type(exc).__name__}: {exc}")
-                return
-            for sample in valid(samples):
-                self.core.offer(sample, frame_kind)
+        """The camera subscription. Frames are taken by the worker when it is free, not on
+        arrival: DDS's keep-last history then replaces a waiting frame in C, and Python reads
+        (and holds the interpreter for) only frames the model will see. The listener only
+        counts arrivals, so frames replaced unseen are still counted as dropped."""
+        def on_arrival(_reader: DataReader) -> None:
+            with self._arrival_lock:
+                self._arrivals += 1
+            self._arrived.set()
 
-        listener = Listener(on_data_available=on_data)
+        listener = Listener(on_data_available=on_arrival)
         topic = Topic(self.participant, dds_topic(ros_name), kind)
-        self._keep += [listener, DataReader(self.participant, topic,
-                                            qos=qos(self.core.params.input_qos),
-                                            listener=listener)]
+        self._images = DataReader(self.participant, topic, qos=qos(self.core.params.input_qos),
+                                  listener=listener)
+        self._frame_kind = frame_kind
+        self._keep.append(listener)
+
+    def _take_frames(self) -> None:
+        """Hand the frames waiting in DDS to the core; count those DDS replaced unseen."""
+        with self._arrival_lock:
+            arrived = self._arrivals  # before the take: whatever it counts is taken or gone
+        try:
+            samples = valid(self._images.take(N=64))
+        except Exception as exc:  # bytes that are not even CDR of this type
+            samples = []
+            self.core.malformed(f"not CDR of this type ({type(exc).__name__}: {exc})")
+        self._taken += len(samples)
+        unseen = max(self._unseen, arrived - self._taken)
+        self.core.missed(unseen - self._unseen)
+        self._unseen = unseen
+        for sample in samples:
+            self.core.offer(sample, self._frame_kind)
 
     def _serve(self, service: str, request_type, response_type, handle) -> None:
         """A ROS 2 service: answer each request with the client's id and sequence number."""
@@ -198,7 +216,10 @@ class DdsGroundedDetector:
         """Detect on the newest frame until `stop` is set; publish diagnostics periodically."""
         next_report = time.monotonic() + self.core.params.diagnostics_period
         while not stop.is_set():
-            output = self.core.process_next(timeout=0.05)
+            if self._arrived.wait(timeout=0.05):
+                self._arrived.clear()
+                self._take_frames()
+            output = self.core.process_next(timeout=0)
             if output is not None:
                 self._detections.write(output.detections)
                 if output.annotated is not None:
@@ -210,6 +231,7 @@ class DdsGroundedDetector:
     def close(self) -> None:
         """Leave the graph now (peers see the endpoints go) rather than at interpreter exit."""
         self._keep.clear()
+        self._images = None
         del self._detections, self._annotated, self._diagnostics
         self.participant = None
 

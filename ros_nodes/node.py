@@ -274,7 +274,7 @@ class GroundedDetectorCore:
             try:
                 check_image(msg)
             except MalformedImage as exc:
-                self._malformed(exc)
+                self.malformed(exc)
                 return
         with self._slot:
             self._received += 1
@@ -282,6 +282,14 @@ class GroundedDetectorCore:
                 self.stats.dropped += 1
             self._frame = _Frame(msg, kind, time.monotonic_ns(), self._received)
             self._slot.notify()
+
+    def missed(self, count: int) -> None:
+        """`count` frames arrived but a newer one replaced them in the transport's own queue
+        (DDS keep-last history) before they were offered: received, and dropped."""
+        if count:
+            with self._slot:
+                self.stats.received += count
+                self.stats.dropped += count
 
     def process_next(self, timeout: float) -> Output | None:
         """Detect on the newest frame (waiting up to `timeout` s for one); None when there was
@@ -298,11 +306,13 @@ class GroundedDetectorCore:
         try:
             image = (decode_compressed if frame.kind == "compressed" else decode_image)(frame.msg)
         except MalformedImage as exc:
-            self._malformed(exc)
+            self.malformed(exc)
             return None
         return self._detect(frame, image)
 
-    def _malformed(self, problem: Exception) -> None:
+    def malformed(self, problem: Exception | str) -> None:
+        """Count and log (rate-limited) an image that cannot be used; transports call it for
+        messages they cannot even deserialise."""
         with self._slot:  # counted from the subscription and the worker thread
             self.stats.malformed += 1
         self._warn("malformed", f"skipped a malformed image on {self.params.image_topic}: "

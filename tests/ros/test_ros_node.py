@@ -203,6 +203,17 @@ def test_the_dds_transport_serves_a_peer_in_another_participant(detector, scene)
         assert detections_from_array(array) == _expected(detector, decoded)
         assert peer.set_parameters(score_threshold=0.9) == [(True, "")]
         assert core.params.score_threshold == 0.9
+        # A burst faster than the model: every frame is processed or counted as dropped,
+        # including those DDS's keep-last-1 history replaced before the node looked.
+        for i in range(20):
+            jpeg.header = header_at(100 + i, "cam")
+            peer.publish(jpeg)
+        last = None
+        while last is None or last.header.stamp != header_at(119, "").stamp:
+            last = peer.detections.get(timeout=20).message
+        stats = core.stats
+        assert stats.received == 21 and stats.dropped > 0
+        assert stats.processed + stats.dropped == 21 and stats.stale == 0
     finally:
         stop.set()
         worker.join()
