@@ -219,3 +219,27 @@ def test_the_dds_transport_serves_a_peer_in_another_participant(detector, scene)
         worker.join()
         peer.close()
         node.close()
+
+
+def test_the_node_joins_the_domain_ros_domain_id_names(detector, monkeypatch):
+    """A peer in another ROS domain never sees the node; one in the node's domain does."""
+    import os
+
+    from domainvlm.ros.dds import DdsGroundedDetector
+    from domainvlm.ros.peer import RosPeer
+
+    core, _ = _core(detector, image_topic="/domain/camera", detections_topic="/domain/out")
+    node = DdsGroundedDetector(core)  # in this session's domain (tests/conftest.py)
+    try:
+        here = int(os.environ["ROS_DOMAIN_ID"])
+        monkeypatch.setenv("ROS_DOMAIN_ID", str(here % 100 + 101))
+        elsewhere = RosPeer(image_topic="/domain/camera", detections_topic="/domain/out")
+        with pytest.raises(TimeoutError, match="no grounded_detector node matched"):
+            elsewhere.wait_for_node(timeout=2)
+        monkeypatch.setenv("ROS_DOMAIN_ID", str(here))
+        same = RosPeer(image_topic="/domain/camera", detections_topic="/domain/out")
+        same.wait_for_node(timeout=20)
+        elsewhere.close()
+        same.close()
+    finally:
+        node.close()
