@@ -222,7 +222,8 @@ def test_the_dds_transport_serves_a_peer_in_another_participant(detector, scene)
 
 
 def test_the_node_joins_the_domain_ros_domain_id_names(detector, monkeypatch):
-    """A peer in another ROS domain never sees the node; one in the node's domain does."""
+    """A peer in another ROS domain never sees the node; one in the node's domain does, even
+    when its camera publishes with reliable QoS."""
     import os
 
     from domainvlm.ros.dds import DdsGroundedDetector
@@ -237,7 +238,9 @@ def test_the_node_joins_the_domain_ros_domain_id_names(detector, monkeypatch):
         with pytest.raises(TimeoutError, match="no grounded_detector node matched"):
             elsewhere.wait_for_node(timeout=2)
         monkeypatch.setenv("ROS_DOMAIN_ID", str(here))
-        same = RosPeer(image_topic="/domain/camera", detections_topic="/domain/out")
+        # A camera publishing reliably still matches the best-effort (sensor data) input.
+        same = RosPeer(image_topic="/domain/camera", detections_topic="/domain/out",
+                       image_qos="reliable")
         same.wait_for_node(timeout=20)
         elsewhere.close()
         same.close()
