@@ -1,10 +1,10 @@
 """`domainvlm` commands (and `python SCRIPT`) started warm: forked from a process that has already
-imported torch, transformers and peft, so a docs block's commands do not each spend seconds on
-imports.
+imported torch, transformers and peft, so the commands of docs blocks and CLI tests do not each
+spend seconds on imports (tests/test_docs.py; the `warm_domainvlm` fixture of conftest.py).
 
     python warm_cli.py SOCKET [MODULE ...]    # the server (start_server): imports, then serves
 
-A command in a docs block stays a real process started by bash: `domainvlm` on PATH is a shim
+A command stays a real process: `domainvlm` (first on PATH in docs blocks) is a shim
 (`write_shims`) that hands its argv, working folder, environment and stdin/stdout/stderr to the
 server over a Unix socket; the server forks, and the child runs `domainvlm.cli.main()` as the
 console script would, as a fresh process does from then on (its exit, `atexit`, flushes), and
