@@ -83,8 +83,10 @@ def prepare(work: Path, quick: bool) -> tuple[str, Path, list[bytes]]:
         if any(card.name == name for card in store.list()):
             continue
         out = work / "runs" / name
+        # vision_cache off: the one step encodes its 2 images, not every training image
         finetune(FinetuneConfig(model=base, data=str(data["train"]), output=out, max_steps=1,
-                                batch_size=2, seed=seed, train_fully=fully, overwrite=True))
+                                batch_size=2, seed=seed, train_fully=fully, overwrite=True,
+                                vision_cache="off"))
         store.add(out, name)
     for n in range(1, 9):
         if not any(card.name == f"mem-{n}" for card in store.list()):

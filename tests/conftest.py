@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -19,6 +20,7 @@ os.environ["ROS_DOMAIN_ID"] = str(__import__("random").SystemRandom().randint(1,
 
 import pytest  # noqa: E402
 from testkit import TINY_NANO_RECIPE  # noqa: E402
+from warm_cli import PRELOAD, start_server, stop_server  # noqa: E402
 
 from domainvlm.nano.shapes_world import write_shapes_dataset  # noqa: E402
 from domainvlm.tiny import build_tiny_model  # noqa: E402
@@ -47,6 +49,18 @@ def run_benchmark(tmp_path: Path):
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     os.environ["DOMAINVLM_CACHE"] = str(tmp_path_factory.mktemp("domainvlm-cache"))
+
+
+@pytest.fixture(scope="session")
+def warm_domainvlm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`domainvlm` started warm (tests/warm_cli.py): each command its own process with its own
+    argv, environment, exit code and output, forked from a server that imported torch and
+    transformers once. For tests of what a command does; a test of how a process starts (the
+    console script, settings read at import, a signal to the process itself) runs it cold."""
+    folder = tmp_path_factory.mktemp("warm-domainvlm")
+    server = start_server(folder, dict(os.environ), ROOT, Path(sys.executable), PRELOAD)
+    yield str(folder / "domainvlm")
+    stop_server(server)
 
 
 @pytest.fixture(scope="session")

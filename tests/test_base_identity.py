@@ -22,9 +22,14 @@ from domainvlm.train.config import build_config
 from domainvlm.train.loop import finetune
 
 
-def cli(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "domainvlm.cli", *map(str, args)],
-                          capture_output=True, text=True, timeout=300)
+@pytest.fixture
+def cli(warm_domainvlm):
+    """`domainvlm ARGS` as its own process (started warm)."""
+    def run(*args) -> subprocess.CompletedProcess:
+        return subprocess.run([warm_domainvlm, *map(str, args)], capture_output=True,
+                              text=True, timeout=300)
+
+    return run
 
 
 def lines(stderr: str, prefix: str) -> list[str]:
@@ -71,7 +76,7 @@ def command(name, adapter, output, base, questions):
     ("other architecture", "another architecture"),
     ("other weights", "the same architecture with other weights")])
 def test_a_wrong_base_is_refused_in_one_line_naming_both_models_and_the_override(
-        adapter, bases, questions, tmp_path, name, kind, what):
+        cli, adapter, bases, questions, tmp_path, name, kind, what):
     output = tmp_path / "out"
     result = cli(*command(name, adapter, output, bases[kind], questions))
     assert result.returncode == 2, result.stderr
@@ -83,7 +88,7 @@ def test_a_wrong_base_is_refused_in_one_line_naming_both_models_and_the_override
     assert not output.exists()
 
 
-def test_the_override_folds_the_adapter_into_the_other_base(adapter, bases, tmp_path):
+def test_the_override_folds_the_adapter_into_the_other_base(cli, adapter, bases, tmp_path):
     result = cli("merge", "--adapter", adapter, "--output", tmp_path / "merged", "--base",
                  bases["other weights"], "--ignore-base-mismatch")
     assert result.returncode == 0, result.stderr
@@ -102,14 +107,14 @@ def test_the_override_folds_the_adapter_into_the_other_base(adapter, bases, tmp_
 @pytest.mark.parametrize(("name", "kind"), [
     ("merge", None), ("merge", "same"), ("merge", "copy"), ("eval", "copy")])
 def test_the_base_it_was_trained_on_passes_wherever_it_lies(
-        adapter, bases, questions, tmp_path, name, kind):
+        cli, adapter, bases, questions, tmp_path, name, kind):
     args = command(name, adapter, tmp_path / "out", bases[kind or "same"], questions)
     result = cli(*(args[:-2] if kind is None and name == "merge" else args))
     assert result.returncode == 0, result.stderr
     assert not lines(result.stderr, "warning:") and not lines(result.stderr, "error:")
 
 
-def test_an_adapter_from_before_the_record_loads_with_one_warning(adapter, tmp_path):
+def test_an_adapter_from_before_the_record_loads_with_one_warning(cli, adapter, tmp_path):
     old = shutil.copytree(adapter, tmp_path / "old-adapter")
     (old / "base_model.json").unlink()
     result = cli("merge", "--adapter", old, "--output", tmp_path / "merged")

@@ -10,9 +10,14 @@ from pathlib import Path
 import pytest
 
 
-def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "domainvlm.cli", *map(str, args)],
-                          capture_output=True, text=True, cwd=cwd, timeout=300)
+@pytest.fixture
+def cli(warm_domainvlm):
+    """`domainvlm ARGS` as its own process (started warm)."""
+    def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run([warm_domainvlm, *map(str, args)], capture_output=True,
+                              text=True, cwd=cwd, timeout=300)
+
+    return run
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +80,7 @@ CASES = [
 
 
 @pytest.mark.parametrize(("name", "build", "message"), CASES, ids=[c[0] for c in CASES])
-def test_bad_input_is_one_clear_line(tiny_models, shapes_data, bad_data, text_only_model,
+def test_bad_input_is_one_clear_line(cli, tiny_models, shapes_data, bad_data, text_only_model,
                                      tmp_path, name, build, message):
     import re
 
@@ -91,7 +96,7 @@ def test_bad_input_is_one_clear_line(tiny_models, shapes_data, bad_data, text_on
     assert not output.exists(), "a failed run must not leave an output folder behind"
 
 
-def test_output_holding_a_different_run_is_refused(tiny_models, shapes_data, tmp_path):
+def test_output_holding_a_different_run_is_refused(cli, tiny_models, shapes_data, tmp_path):
     common = ["--model", tiny_models("llava"), "--data", shapes_data["train"], "--output",
               tmp_path / "out", "--max-steps", "1", "--batch-size", "4",
               "--cache-dir", tmp_path / "cache"]
@@ -103,13 +108,13 @@ def test_output_holding_a_different_run_is_refused(tiny_models, shapes_data, tmp
     assert (tmp_path / "out" / "adapter" / "adapter_model.safetensors").read_bytes() == before
 
 
-def test_debug_shows_the_traceback(tmp_path):
+def test_debug_shows_the_traceback(cli, tmp_path):
     result = cli("--debug", "finetune", "--model", "./missing", "--data", "x.jsonl",
                  "--output", tmp_path / "o")
     assert result.returncode != 0 and "Traceback" in result.stderr
 
 
-def test_yaml_config_is_validated_and_flags_win(tiny_models, shapes_data, tmp_path):
+def test_yaml_config_is_validated_and_flags_win(cli, tiny_models, shapes_data, tmp_path):
     config = tmp_path / "run.yaml"
     config.write_text(f"model: {tiny_models('llava')}\ndata: {shapes_data['train']}\n"
                       f"output: {tmp_path / 'out'}\nmax_steps: 2\nbatch_size: 4\n"
@@ -125,7 +130,7 @@ def test_yaml_config_is_validated_and_flags_win(tiny_models, shapes_data, tmp_pa
 
 @pytest.mark.parametrize("command", ["finetune", "eval", "merge", "tiny-model", "info",
                                      "synth-data"])
-def test_every_command_has_help(command):
+def test_every_command_has_help(cli, command):
     result = cli(command, "--help")
     assert result.returncode == 0 and "Usage" in result.stdout
 
@@ -134,7 +139,7 @@ def test_every_command_has_help(command):
     ("qwen2-vl", "Qwen2VLForConditionalGeneration"),
     ("mllama", "MllamaForConditionalGeneration"),  # no family-table entry: the generic path
 ])
-def test_tiny_model_command_writes_a_loadable_model(tmp_path, family, architecture):
+def test_tiny_model_command_writes_a_loadable_model(cli, tmp_path, family, architecture):
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     assert cli("tiny-model", "--family", family, "--output", tmp_path / "m").returncode == 0
@@ -145,7 +150,7 @@ def test_tiny_model_command_writes_a_loadable_model(tmp_path, family, architectu
     assert result.returncode == 2 and "'gpt' is not one of 'llava'" in result.stderr
 
 
-def test_info_describes_a_model(tiny_models):
+def test_info_describes_a_model(cli, tiny_models):
     result = cli("info", tiny_models("qwen2-vl"))
     assert result.returncode == 0, result.stderr
     assert "family: qwen2-vl" in result.stdout and "<|im_end|>" in result.stdout

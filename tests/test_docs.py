@@ -2,11 +2,13 @@
 
 Blocks run in document order, each document in its own folder (a block may use what an earlier
 block of its document wrote), with the project's `.venv/bin` first on PATH, HOME in that folder
-and the hub offline. What the docs say for a user's real world is swapped for a small local
-one, by the two tables below: hub ids become tiny random models of the same architecture
+and the hub offline. Each `domainvlm` command and Python block is started warm
+(tests/warm_cli.py): forked from a process that has imported torch and transformers once per
+document. What the docs say for a user's real world is swapped for a small local one, by the two
+tables below: hub ids become tiny random models of the same architecture
 (`domainvlm.tiny.build_tiny_model`), and long runs are cut short. Each document's folder starts
-with the files a user brings (`_seed`). Blocks that cannot run here are marked in the
-Markdown `<!-- docs-test: skip (reason) -->` and counted in EXPECTED_SKIPS.
+with the files a user brings (`_seed`). Blocks that cannot run here are marked in the Markdown
+`<!-- docs-test: skip (reason) -->` and counted in EXPECTED_SKIPS.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 import pytest
 import typer
 from doc_blocks import Block, DocError, Outcome, read_blocks, run_block, substitute
+from warm_cli import PRELOAD, start_server, stop_server
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ["README.md", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md"))]
@@ -103,7 +106,8 @@ def _seed(folder: Path) -> None:
 class DocRun:
     """One document's folder and environment; runs its blocks in order, each once."""
 
-    def __init__(self, doc: str, folder: Path, models: dict[str, Path], cache: Path):
+    def __init__(self, doc: str, folder: Path, models: dict[str, Path], cache: Path,
+                 warm: Path):
         self.blocks = [b for b in _blocks() if b.doc == doc]
         self.folder = folder
         self.results: dict[int, Outcome] = {}
@@ -113,9 +117,11 @@ class DocRun:
                       for id_ in (*HUB_MODELS, *HUB_DETECTORS)]
         self.table += SMALLER
         env = {k: v for k, v in os.environ.items() if not k.startswith("DOMAINVLM_")}
-        self.env = {**env, "PATH": f"{_venv_bin()}{os.pathsep}{env.get('PATH', '')}",
-                    "HOME": str(folder / "home"), "HF_HUB_OFFLINE": "1",
+        path = os.pathsep.join((str(warm), str(_venv_bin()), env.get("PATH", "")))
+        self.env = {**env, "PATH": path, "HOME": str(folder / "home"), "HF_HUB_OFFLINE": "1",
                     "TOKENIZERS_PARALLELISM": "false", "DOMAINVLM_CACHE": str(cache)}
+        self.warm = warm
+        self.server = start_server(warm, self.env, folder, _venv_bin() / "python", PRELOAD)
 
     def outcome(self, line: int) -> Outcome:
         for block in self.blocks:
@@ -124,7 +130,7 @@ class DocRun:
             if block.line not in self.results and not block.skip:
                 text = substitute(block.text, self.table)
                 self.results[block.line] = run_block(block, text, self.folder, self.env,
-                                                     str(_venv_bin() / "python"), LOADERS)
+                                                     str(self.warm / "warm-python"), LOADERS)
         return self.results[line]
 
 
@@ -144,10 +150,12 @@ def doc_runs(tmp_path_factory: pytest.TempPathFactory):
     def get(doc: str) -> DocRun:
         if doc not in runs:
             folder = tmp_path_factory.mktemp(doc.replace("/", "-").replace(".md", ""))
-            runs[doc] = DocRun(doc, folder, models, cache)
+            runs[doc] = DocRun(doc, folder, models, cache, tmp_path_factory.mktemp("warm"))
         return runs[doc]
 
-    return get
+    yield get
+    for run in runs.values():
+        stop_server(run.server)
 
 
 RUN = [b for b in _blocks() if not b.skip]

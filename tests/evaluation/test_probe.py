@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import random
 import subprocess
-import sys
 
 import pytest
 from PIL import Image
@@ -58,10 +57,11 @@ def test_probe_reads_what_the_pixels_hold_and_not_what_they_do_not(tiny_models, 
     assert result["overall"]["n"] == 80
 
 
-def test_probe_command_prints_and_writes_the_result(tiny_models, colour_data, tmp_path):
+def test_probe_command_prints_and_writes_the_result(warm_domainvlm, tiny_models, colour_data,
+                                                    tmp_path):
     out = tmp_path / "probe" / "result.json"
     done = subprocess.run(
-        [sys.executable, "-m", "domainvlm.cli", "probe", "--model", str(tiny_models("llava")),
+        [warm_domainvlm, "probe", "--model", str(tiny_models("llava")),
          "--train", str(colour_data / "train.jsonl"), "--test", str(colour_data / "test.jsonl"),
          "--output", str(out)], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -71,7 +71,8 @@ def test_probe_command_prints_and_writes_the_result(tiny_models, colour_data, tm
 
 
 @pytest.mark.parametrize("case", ["open questions only", "test is train"])
-def test_probe_refuses_data_it_cannot_score_honestly(tiny_models, colour_data, tmp_path, case):
+def test_probe_refuses_data_it_cannot_score_honestly(warm_domainvlm, tiny_models, colour_data,
+                                                     tmp_path, case):
     train = colour_data / "train.jsonl"
     if case == "open questions only":
         rows = [json.loads(x) for x in train.read_text().splitlines()]
@@ -82,7 +83,7 @@ def test_probe_refuses_data_it_cannot_score_honestly(tiny_models, colour_data, t
     else:
         expected = "60 image(s) of"
     done = subprocess.run(
-        [sys.executable, "-m", "domainvlm.cli", "probe", "--model", str(tiny_models("llava")),
+        [warm_domainvlm, "probe", "--model", str(tiny_models("llava")),
          "--train", str(train), "--test", str(colour_data / "train.jsonl")],
         capture_output=True, text=True, timeout=300)
     assert done.returncode == 2

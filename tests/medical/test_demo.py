@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import math
 import subprocess
-import sys
 
 import pytest
 from PIL import Image
@@ -16,11 +15,11 @@ from domainvlm.medical.demo_recipe import load_recipe
 
 
 @pytest.mark.slow
-def test_shrunken_demo_end_to_end(tmp_path):
+def test_shrunken_demo_end_to_end(warm_domainvlm, tmp_path):
     recipe = load_recipe()  # the shipped one, which the command reads
     out = tmp_path / "demo"
     result = subprocess.run(  # the default base model: the shipped nano
-        [sys.executable, "-m", "domainvlm.cli", "demo", "--output", str(out),
+        [warm_domainvlm, "demo", "--output", str(out),
          "--patients", "24", "--epochs", "6"],
         capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -195,7 +195,7 @@ def test_flags_override_single_values_and_are_named_when_refused():
 
 
 @pytest.mark.slow
-def test_a_recipe_runs_end_to_end_through_the_cli(tmp_path):
+def test_a_recipe_runs_end_to_end_through_the_cli(warm_domainvlm, tmp_path):
     """The shipped recipe shrunk (few slices, small views, one step) through `domainvlm demo
     --config`, with --patients over the file's value."""
     config = tmp_path / "tiny.yaml"
@@ -204,7 +204,7 @@ def test_a_recipe_runs_end_to_end_through_the_cli(tmp_path):
         v["finetune"].update(max_steps=1)))))
     out = tmp_path / "demo"
     done = subprocess.run(
-        [sys.executable, "-m", "domainvlm.cli", "demo", "--config", str(config),
+        [warm_domainvlm, "demo", "--config", str(config),
          "--patients", "10", "--output", str(out), "--workers", "1"],
         capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import math
 import subprocess
-import sys
 import typing
 
 import pytest
@@ -41,12 +40,12 @@ def test_a_setting_that_is_not_finite_is_refused_naming_its_flag(key, value):
 
 
 def test_a_diverging_run_stops_at_that_step_and_keeps_its_last_good_checkpoint(
-        tiny_models, shapes_data, tmp_path):
+        warm_domainvlm, tiny_models, shapes_data, tmp_path):
     model, output = tiny_models("llava"), tmp_path / "run"
     # LoRA B starts at zero, so step 1 is the base model's loss; Adam then moves B by about the
     # learning rate, and with 1e30 the second forward overflows.
     result = subprocess.run(
-        [sys.executable, "-m", "domainvlm.cli", "finetune", "--model", str(model), "--data",
+        [warm_domainvlm, "finetune", "--model", str(model), "--data",
          str(shapes_data["train"]), "--output", str(output), "--max-steps", "6",
          "--batch-size", "8", "--learning-rate", "1e30", "--save-every", "1",
          "--cache-dir", str(tmp_path / "cache")], capture_output=True, text=True, timeout=300)
@@ -77,7 +76,7 @@ def test_a_diverging_run_stops_at_that_step_and_keeps_its_last_good_checkpoint(
     assert not torch.isfinite(logits).all()
 
     # The failed run is not taken for an interrupted one.
-    again = subprocess.run([sys.executable, "-m", "domainvlm.cli", "finetune", "--model",
+    again = subprocess.run([warm_domainvlm, "finetune", "--model",
                             str(model), "--data", str(shapes_data["train"]), "--output",
                             str(output), "--max-steps", "6", "--batch-size", "8",
                             "--learning-rate", "1e30", "--save-every", "1"],
