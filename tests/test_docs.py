@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -104,7 +105,8 @@ def _seed(folder: Path) -> None:
 
 
 class DocRun:
-    """One document's folder and environment; runs its blocks in order, each once."""
+    """One document's folder and environment; runs its blocks in order, each once, with its
+    warm `domainvlm` server running (`stop` ends it; the next block starts it again)."""
 
     def __init__(self, doc: str, folder: Path, models: dict[str, Path], cache: Path,
                  warm: Path):
@@ -121,17 +123,25 @@ class DocRun:
         self.env = {**env, "PATH": path, "HOME": str(folder / "home"), "HF_HUB_OFFLINE": "1",
                     "TOKENIZERS_PARALLELISM": "false", "DOMAINVLM_CACHE": str(cache)}
         self.warm = warm
-        self.server = start_server(warm, self.env, folder, _venv_bin() / "python", PRELOAD)
+        self.server: subprocess.Popen | None = None
 
     def outcome(self, line: int) -> Outcome:
         for block in self.blocks:
             if block.line > line:
                 break
             if block.line not in self.results and not block.skip:
+                if self.server is None:
+                    self.server = start_server(self.warm, self.env, self.folder,
+                                               _venv_bin() / "python", PRELOAD)
                 text = substitute(block.text, self.table)
                 self.results[block.line] = run_block(block, text, self.folder, self.env,
                                                      str(self.warm / "warm-python"), LOADERS)
         return self.results[line]
+
+    def stop(self) -> None:
+        if self.server is not None:
+            stop_server(self.server)
+            self.server = None
 
 
 @pytest.fixture(scope="module")
@@ -148,6 +158,9 @@ def doc_runs(tmp_path_factory: pytest.TempPathFactory):
     runs: dict[str, DocRun] = {}
 
     def get(doc: str) -> DocRun:
+        for other in runs:  # documents run one after another: one server holds memory
+            if other != doc:
+                runs[other].stop()
         if doc not in runs:
             folder = tmp_path_factory.mktemp(doc.replace("/", "-").replace(".md", ""))
             runs[doc] = DocRun(doc, folder, models, cache, tmp_path_factory.mktemp("warm"))
@@ -155,7 +168,7 @@ def doc_runs(tmp_path_factory: pytest.TempPathFactory):
 
     yield get
     for run in runs.values():
-        stop_server(run.server)
+        run.stop()
 
 
 RUN = [b for b in _blocks() if not b.skip]

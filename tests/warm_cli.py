@@ -97,9 +97,9 @@ def stop_server(server: subprocess.Popen) -> None:
 
 
 def serve(socket_path: str, preload: list[str]) -> dict | None:
-    """Fork a child per command until SIGTERM. Returns None in the server and the command's
-    request (argv, cwd, env) in each child, which has the shim's stdin, stdout and stderr and
-    nothing else of the server."""
+    """Fork a child per command until SIGTERM or the parent's end. Returns None in the server
+    and the command's request (argv, cwd, env) in each child, which has the shim's stdin,
+    stdout and stderr and nothing else of the server."""
     import importlib
 
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -113,7 +113,8 @@ def serve(socket_path: str, preload: list[str]) -> dict | None:
     selector = selectors.DefaultSelector()
     selector.register(listener, selectors.EVENT_READ)
     running: dict[int, socket.socket] = {}  # child pid -> its shim's connection
-    while not stopping:
+    parent = os.getppid()
+    while not stopping and os.getppid() == parent:  # a killed test run leaves no server
         for key, _ in selector.select(timeout=0.05):
             if key.fileobj is not listener:  # a shim's signal, or the shim is gone
                 data = key.fileobj.recv(16)
