@@ -113,10 +113,6 @@ def _collect(peer, settle: float) -> list:
             return out
 
 
-def _stamp(header) -> int:
-    return header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
-
-
 def _diagnostics(peer) -> dict[str, str]:
     import queue
 
@@ -133,7 +129,7 @@ def _diagnostics(peer) -> dict[str, str]:
 
 
 def run(seconds: float) -> dict:
-    from domainvlm.ros.conversions import header_at
+    from domainvlm.ros.conversions import header_at, stamp_ns
     from domainvlm.ros.dds import LOOPBACK_CYCLONEDDS
     from domainvlm.ros.images import encode_image
     from domainvlm.ros.node import percentile
@@ -161,13 +157,13 @@ def run(seconds: float) -> dict:
     sent = _send(peer, messages, rate_hz=fps / 2, seconds=seconds / 2)
     received = _collect(peer, 2.0)
     node_model_ms = float(_diagnostics(peer).get("model_p50_ms", "nan"))
-    latencies = sorted((r.at_ns - sent[_stamp(r.message.header)]) / 1e6 for r in received
-                       if _stamp(r.message.header) in sent)
+    latencies = sorted((r.at_ns - sent[stamp_ns(r.message.header)]) / 1e6 for r in received
+                       if stamp_ns(r.message.header) in sent)
 
     overload = fps * 2  # twice what the detector does: frames must be dropped
     sent = _send(peer, messages, rate_hz=overload, seconds=seconds)
-    received = [r for r in _collect(peer, 2.0) if _stamp(r.message.header) in sent]
-    stamps = [_stamp(r.message.header) for r in received]
+    received = [r for r in _collect(peer, 2.0) if stamp_ns(r.message.header) in sent]
+    stamps = [stamp_ns(r.message.header) for r in received]
     window = (received[-1].at_ns - received[0].at_ns) / 1e9 if len(received) > 1 else 0.0
     node_fps = (len(received) - 1) / window if window else 0.0
     diagnostics = _diagnostics(peer)

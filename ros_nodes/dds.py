@@ -28,6 +28,7 @@ from cyclonedds.util import duration
 
 from domainvlm.errors import ConfigError
 from domainvlm.ros import messages as msg
+from domainvlm.ros.conversions import header_at
 from domainvlm.ros.node import NODE_NAME, QOS_PROFILES, GroundedDetectorCore, NodeParams
 
 DIAGNOSTICS_TOPIC = "/diagnostics"
@@ -225,7 +226,7 @@ class DdsGroundedDetector:
                 if output.annotated is not None:
                     self._annotated.write(output.annotated)
             if time.monotonic() >= next_report:
-                self._diagnostics.write(self.core.diagnostics(wall_header()))
+                self._diagnostics.write(self.core.diagnostics(header_at(time.time_ns(), "")))
                 next_report = time.monotonic() + self.core.params.diagnostics_period
 
     def close(self) -> None:
@@ -235,9 +236,3 @@ class DdsGroundedDetector:
         del self._detections, self._annotated, self._diagnostics
         self.participant = None
 
-
-def wall_header(frame_id: str = "") -> msg.Header:
-    """A header stamped with the wall clock (ROS time without a /clock)."""
-    now = time.time_ns()
-    return msg.Header(stamp=msg.Time(sec=now // 1_000_000_000, nanosec=now % 1_000_000_000),
-                      frame_id=frame_id)

@@ -58,10 +58,12 @@ class RosPeer:
         self.detections: queue.Queue[Received] = queue.Queue()
         self.annotated: queue.Queue[Received] = queue.Queue()
         self.diagnostics: queue.Queue[Received] = queue.Queue()
-        self._readers = [self._reader(detections_topic, msg.Detection2DArray, self.detections),
-                         self._reader(DIAGNOSTICS_TOPIC, msg.DiagnosticArray, self.diagnostics)]
+        self._readers = [
+            self._reader(dds_topic(detections_topic), msg.Detection2DArray, self.detections),
+            self._reader(dds_topic(DIAGNOSTICS_TOPIC), msg.DiagnosticArray, self.diagnostics)]
         if annotated_topic:
-            self._readers.append(self._reader(annotated_topic, msg.Image, self.annotated))
+            self._readers.append(self._reader(dds_topic(annotated_topic), msg.Image,
+                                              self.annotated))
         self._replies: dict[str, queue.Queue] = {}
         self._requests: dict[str, DataWriter] = {}
         self._sequence = itertools.count(1)
@@ -71,14 +73,16 @@ class RosPeer:
                 ("get_parameters", msg.GetParametersRequest, msg.GetParametersResponse)):
             self._client(service, request, response)
 
-    def _reader(self, ros_name: str, kind, into: queue.Queue) -> tuple:
+    def _reader(self, dds_name: str, kind, into: queue.Queue) -> tuple:
+        """A reliable reader of DDS topic `dds_name` putting each sample, with its arrival
+        time, into `into`."""
         def on_data(reader: DataReader) -> None:
             now = time.monotonic_ns()
             for sample in valid(reader.take(N=64)):
                 into.put(Received(sample, now))
 
         listener = Listener(on_data_available=on_data)
-        topic = Topic(self.participant, dds_topic(ros_name), kind)
+        topic = Topic(self.participant, dds_name, kind)
         return listener, DataReader(self.participant, topic, qos=qos("reliable"),
                                     listener=listener)
 
@@ -89,16 +93,7 @@ class RosPeer:
             qos=qos("reliable"))
         replies: queue.Queue = queue.Queue()
         self._replies[service] = replies
-        self._readers.append(self._reader_raw(reply_topic, response_type, replies))
-
-    def _reader_raw(self, topic_name: str, kind, into: queue.Queue) -> tuple:
-        def on_data(reader: DataReader) -> None:
-            for sample in valid(reader.take(N=16)):
-                into.put(sample)
-
-        listener = Listener(on_data_available=on_data)
-        return listener, DataReader(self.participant, Topic(self.participant, topic_name, kind),
-                                    qos=qos("reliable"), listener=listener)
+        self._readers.append(self._reader(reply_topic, response_type, replies))
 
     @property
     def client_id(self) -> int:
@@ -131,7 +126,7 @@ class RosPeer:
             deadline = time.monotonic() + timeout
             while (left := deadline - time.monotonic()) > 0:
                 try:
-                    reply = self._replies[service].get(timeout=left)
+                    reply = self._replies[service].get(timeout=left).message
                 except queue.Empty:
                     break
                 if (reply.client_id, reply.sequence_number) == (request.client_id,

@@ -22,7 +22,7 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from sensor_msgs.msg import CompressedImage, Image
 from vision_msgs.msg import Detection2DArray
 
-from domainvlm.ros import messages
+from domainvlm.ros.conversions import header_at
 from domainvlm.ros.convert import rosidl_plain, rosidl_resolve, to_message
 from domainvlm.ros.node import (
     NODE_NAME,
@@ -140,8 +140,7 @@ class GroundedDetectorLifecycle(Node):
                 self._halt.wait(1.0)
 
     def _diagnostics(self, core: GroundedDetectorCore) -> DiagnosticArray:
-        sec, nanosec = divmod(self.get_clock().now().nanoseconds, 10**9)
-        header = messages.Header(stamp=messages.Time(sec=sec, nanosec=nanosec))
+        header = header_at(self.get_clock().now().nanoseconds, "")
         return to_rclpy(core.diagnostics(header), DiagnosticArray)
 
     def _on_set_parameters(self, parameters) -> SetParametersResult:
